@@ -1,0 +1,188 @@
+"""Command line: argument parsing and printing only; modelling lives elsewhere.
+
+A user's mistake (any RacksimError) prints one paragraph on stderr and exits with status 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import roofline as rf
+from .spec import RacksimError, list_presets, load_hardware, load_model, load_scenario
+from .spec.scenario import scenario_json_schema
+from .spec.units import format_quantity as fq
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="racksim: discrete-event simulator of multi-rack LLM inference clusters")
+show_app = typer.Typer(no_args_is_help=True, help="Show presets and what racksim derives from them.")
+app.add_typer(show_app, name="show")
+out = Console()
+err = Console(stderr=True)
+
+Scenario_ = Annotated[Path, typer.Argument(help="scenario YAML file")]
+
+
+def _roofline_table(r: rf.Roofline, title: str) -> Table:
+    t = Table(title=title, show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    rows = [
+        ("batch (sequences per microbatch)", f"{r.batch:,.0f}"),
+        ("context tokens", f"{r.context_tokens:,.0f}"),
+        ("GPUs (stage x stages x replicas)", f"{r.gpus} ({r.stage_gpus} x {r.stages} x "
+                                             f"{r.gpus // (r.stage_gpus * r.stages)})"),
+        ("microbatches in flight", f"{r.microbatches}"),
+        ("matmul precision", r.compute_precision or "as given"),
+        ("compute time", fq(r.compute_time_s, "s")),
+        ("weight-fetch time", fq(r.weight_time_s, "s")),
+        ("KV-fetch time", fq(r.kv_time_s, "s")),
+        ("step time (bound)", f"{fq(r.step_time_s, 's')} ({r.bound})"),
+        ("balance batch", f"{r.balance_batch:,.0f}"),
+        ("output tokens/s", f"{r.tokens_per_s:,.0f}"),
+        ("tokens/s per GPU", f"{r.tokens_per_s_per_gpu:,.1f}"),
+        ("memory per GPU", f"{fq(r.memory_per_gpu_bytes, 'B')} of "
+                           f"{fq(r.hbm_bytes_per_gpu, 'B')} ({'fits' if r.fits else 'DOES NOT FIT'})"),
+        ("$ per million tokens", "n/a (no price_per_gpu_hour)" if r.cost_per_million_tokens is None
+         else f"${r.cost_per_million_tokens:,.3f}"),
+    ]
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
+@app.command()
+def roofline(
+    scenario: Scenario_,
+    batch: Annotated[Optional[float], typer.Option(help="sequences per microbatch")] = None,
+    context: Annotated[Optional[float], typer.Option(help="context tokens per sequence")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print results-format JSON")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="write the roofline pictures (PNG/SVG)")] = None,
+):
+    """Closed-form roofline of the scenario's layout (domain.md sections 1 and 4)."""
+    if batch is not None and batch <= 0:
+        raise typer.BadParameter("must be positive", param_hint="--batch")
+    if context is not None and context < 0:
+        raise typer.BadParameter("must not be negative", param_hint="--context")
+    s = load_scenario(scenario)
+    r = rf.for_scenario(s, batch=batch, context=context)
+    if plot is not None:
+        from .results.roofline_plot import plot_roofline  # noqa: PLC0415 - matplotlib is slow
+        plot_roofline(s, r, plot)
+    if as_json:
+        typer.echo(json.dumps(r.to_json(), indent=2))
+        return
+    out.print(_roofline_table(r, f"Roofline: {s.spec.name or s.file}"))
+    if plot is not None:
+        out.print(f"pictures written to {plot}")
+
+
+@app.command()
+def run(
+    scenario: Scenario_,
+    out_dir: Annotated[Path, typer.Option("--out", help="results folder")] = Path("out/run"),
+):
+    """Run a scenario. (The discrete-event engine is issue 5; until it lands this prints the
+    closed-form roofline summary.)"""
+    s = load_scenario(scenario)
+    r = rf.for_scenario(s)
+    out.print(_roofline_table(r, f"{s.spec.name or s.file} (closed-form roofline)"))
+
+
+@app.command()
+def schema():
+    """Print the JSON Schema of a scenario file (for editor completion and checking)."""
+    typer.echo(json.dumps(scenario_json_schema(), indent=2))
+
+
+@show_app.command("model")
+def show_model(name: Annotated[str, typer.Argument(help="preset name or path")]):
+    """Print a model's architecture-derived totals, part by part."""
+    m = load_model(name, file="command line", key="NAME")
+    t = Table(title=f"{m.name}: parameter derivation", title_justify="left")
+    for col in ("part", "total", "active", "rule"):
+        t.add_column(col, justify="right" if col in ("total", "active") else "left")
+    for p in m.parts:
+        t.add_row(p.name, f"{p.total / 1e9:,.3f} B", f"{p.active / 1e9:,.3f} B", p.rule)
+    t.add_row("[bold]total[/]", f"[bold]{m.total_params / 1e9:,.2f} B",
+              f"[bold]{m.active_params / 1e9:,.2f} B", "")
+    out.print(t)
+    if m.published is not None:
+        pt, pa = m.published.total_params, m.published.active_params
+        out.print(f"published: {pt / 1e9:,.1f} B total ({(m.total_params / pt - 1) * 100:+.1f}%), "
+                  f"{pa / 1e9:,.1f} B active ({(m.active_params / pa - 1) * 100:+.1f}%)")
+    out.print(f"weights: {m.bytes_per_param:g} bytes/param -> {fq(m.weight_bytes, 'B')}; "
+              f"matmuls at {m.compute_precision}")
+    out.print(f"KV cache: {fq(m.kv_bytes_per_token, 'B')} per token "
+              f"({m.kv_bytes_per_token:,.0f} bytes, {m.kv_bytes_per_element:g} bytes/element)")
+    if m.moe:
+        out.print(f"MoE: {m.moe.experts} experts, top-{m.moe.top_k}, "
+                  f"{m.moe.shared_experts} shared, {m.moe.moe_layers} MoE layers; "
+                  f"sparsity (total/active) {m.sparsity:.1f}")
+    for k, v in m.sources.items():
+        out.print(f"source ({k}): {v}")
+
+
+@show_app.command("hardware")
+def show_hardware(name: Annotated[str, typer.Argument(help="preset name or path")]):
+    """Print a hardware design's figures."""
+    hw = load_hardware(name, file="command line", key="NAME")
+    g = hw.gpu
+    t = Table(title=f"{hw.name}: {hw.description}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    flops = g.flops if isinstance(g.flops, dict) else {"(model precision)": g.flops}
+    for p, v in flops.items():
+        t.add_row(f"dense {p}", fq(v, "FLOP/s"))
+    t.add_row("HBM", f"{fq(g.hbm_bytes, 'B')} at {fq(g.hbm_bandwidth, 'B/s')}")
+    t.add_row("GPUs per rack / scale-up domain", f"{hw.gpus_per_rack} / {hw.domain_gpus}")
+    t.add_row("scale-up per GPU (per direction)",
+              f"{fq(hw.scale_up.bandwidth_per_gpu, 'B/s')}, {fq(hw.scale_up.latency, 's')}")
+    so = hw.scale_out
+    t.add_row("scale-out per GPU (per direction)",
+              f"{fq(so.bandwidth_per_gpu, 'B/s')}, {fq(so.latency, 's')}, {so.topology}, "
+              f"oversubscription {so.oversubscription:g}")
+    e = hw.efficiency
+    t.add_row("efficiency (compute/memory/up/out)",
+              f"{e.compute:g} / {e.memory:g} / {e.scale_up:g} / {e.scale_out:g}")
+    out.print(t)
+    for s in hw.sources:
+        out.print(f"source: {s}")
+
+
+@show_app.command("presets")
+def show_presets():
+    """List the hardware and model presets."""
+    out.print("hardware: " + ", ".join(list_presets("topologies")))
+    out.print("models:   " + ", ".join(list_presets("models")))
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except RacksimError as exc:
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click  # noqa: PLC0415
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

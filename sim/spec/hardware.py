@@ -1,0 +1,82 @@
+"""Hardware design: one GPU, how many per rack, the scale-up domain and the scale-out fabric.
+
+The format is documented in docs/presets.md; figures live in topologies/*.yaml with sources.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .base import Bandwidth, Bytes, Flops, Fraction, PositiveInt, SecondsOrZero, Spec
+from .precision import PRECISION_ORDER, Precision
+
+
+class GPU(Spec):
+    name: str = ""
+    flops: Flops | dict[Precision, Flops] = Field(
+        description="dense FLOP/s: one number (at the model's precision) or one per precision")
+    hbm_bytes: Bytes = Field(description="usable HBM per GPU")
+    hbm_bandwidth: Bandwidth = Field(description="HBM bandwidth per GPU")
+
+    def flops_at(self, precision: Precision) -> tuple[Precision | None, float]:
+        """Peak FLOP/s for matmuls at `precision`: the lowest precision the GPU offers that is
+        at least as wide as the one asked (FP4 weights run as FP8 on a GPU without FP4).
+        Returns the precision used (None when `flops` is a single number) and its FLOP/s."""
+        if not isinstance(self.flops, dict):
+            return None, float(self.flops)
+        wanted = PRECISION_ORDER[precision]
+        offered = sorted((PRECISION_ORDER[p], p) for p in self.flops if PRECISION_ORDER[p] >= wanted)
+        if not offered:
+            widest = max(self.flops, key=lambda p: PRECISION_ORDER[p])
+            return widest, float(self.flops[widest])
+        used = offered[0][1]
+        return used, float(self.flops[used])
+
+
+class ScaleUp(Spec):
+    domain_gpus: PositiveInt | None = Field(
+        None, description="GPUs per switched scale-up domain; default: gpus_per_rack")
+    bandwidth_per_gpu: Bandwidth = Field(description="bytes/s per direction per GPU")
+    latency: SecondsOrZero = Field(description="one-way GPU-to-GPU latency through the switch")
+
+
+class ScaleOut(Spec):
+    bandwidth_per_gpu: Bandwidth = Field(description="NIC bytes/s per direction per GPU")
+    latency: SecondsOrZero = Field(description="one-way GPU-to-GPU latency across the fabric")
+    topology: Literal["rail_optimized", "fat_tree"] = "fat_tree"
+    oversubscription: float = Field(
+        1.0, ge=1.0, description="leaf downlink capacity / uplink capacity (1 = non-blocking)")
+
+
+class Efficiency(Spec):
+    """Achievable fractions of peak. 1.0 until calibrated against measurements (issue 6)."""
+
+    compute: Fraction = 1.0
+    memory: Fraction = 1.0
+    scale_up: Fraction = 1.0
+    scale_out: Fraction = 1.0
+
+
+class Hardware(Spec):
+    name: str
+    description: str = ""
+    sources: list[str] = Field(default_factory=list)
+    gpu: GPU
+    gpus_per_rack: PositiveInt
+    scale_up: ScaleUp
+    scale_out: ScaleOut
+    efficiency: Efficiency = Efficiency()
+
+    @model_validator(mode="after")
+    def _domain_divides_rack(self) -> Hardware:
+        d = self.scale_up.domain_gpus
+        if d is not None and self.gpus_per_rack % d:
+            raise ValueError(
+                f"scale_up.domain_gpus ({d}) must divide gpus_per_rack ({self.gpus_per_rack})")
+        return self
+
+    @property
+    def domain_gpus(self) -> int:
+        return self.scale_up.domain_gpus or self.gpus_per_rack

@@ -1,0 +1,82 @@
+"""Finding and loading hardware and model presets (by name, by path, or inline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import SpecError, did_you_mean
+from .hardware import Hardware
+from .model import Model, ModelFile, resolve
+from .validation import validate
+from .yamlio import read_yaml
+
+Kind = Literal["topologies", "models"]
+_PACKAGE_DATA = Path(__file__).resolve().parent.parent / "_presets"   # inside a wheel
+_REPO_ROOT = Path(__file__).resolve().parents[2]                      # editable checkout
+
+
+def preset_dirs(kind: Kind) -> list[Path]:
+    return [d for d in (_PACKAGE_DATA / kind, _REPO_ROOT / kind) if d.is_dir()]
+
+
+def list_presets(kind: Kind) -> list[str]:
+    names = {p.stem for d in preset_dirs(kind) for p in d.glob("*.yaml")}
+    return sorted(names)
+
+
+def _preset_path(kind: Kind, name: str, file: str | None, key: str) -> Path:
+    for d in preset_dirs(kind):
+        p = d / f"{name}.yaml"
+        if p.is_file():
+            return p
+    names = list_presets(kind)
+    hint = did_you_mean(name, names)
+    raise SpecError(f"unknown preset {name!r}", file=file, key=key,
+                    fix=(hint + " " if hint else "") + "Known presets: " + ", ".join(names)
+                    + "; or give a path to a YAML file, or an inline mapping")
+
+
+def _source(ref: Any, kind: Kind, file: str | None, key: str,
+            base_dir: Path) -> tuple[dict, str | None]:
+    """Raw mapping and the file it came from, for a name, a path or an inline mapping."""
+    if isinstance(ref, str):
+        looks_like_path = ref.endswith((".yaml", ".yml")) or "/" in ref
+        path = (base_dir / ref) if looks_like_path else _preset_path(kind, ref, file, key)
+        if looks_like_path and not path.is_file():
+            raise SpecError(f"file {str(path)!r} not found", file=file, key=key,
+                            fix="give an existing path (relative to the scenario file) or a "
+                                "preset name: " + ", ".join(list_presets(kind)))
+        data = read_yaml(path)
+        if not isinstance(data, dict):
+            raise SpecError("expected a mapping at the top of the file", file=str(path))
+        return data, str(path)
+    if isinstance(ref, dict):
+        if "preset" in ref:  # {preset: NAME, key: override, ...}
+            overrides = dict(ref)
+            name = overrides.pop("preset")
+            if not isinstance(name, str):
+                raise SpecError("preset must be a name", file=file, key=f"{key}.preset")
+            data, src = _source(name, kind, file, key, base_dir)
+            return {**data, **overrides}, src
+        return ref, None
+    raise SpecError(f"expected a preset name, a path or a mapping, got {type(ref).__name__}",
+                    file=file, key=key, fix="e.g. " + ", ".join(list_presets(kind)[:3]))
+
+
+def load_hardware(ref: Any, *, file: str | None = None, key: str = "hardware",
+                  base_dir: Path = Path(".")) -> Hardware:
+    data, src = _source(ref, "topologies", file, key, base_dir)
+    if src is not None:  # errors inside a preset file point at that file
+        return validate(Hardware, data, src)
+    return validate(Hardware, data, file, prefix=key)
+
+
+def load_model(ref: Any, *, file: str | None = None, key: str = "model",
+               base_dir: Path = Path(".")) -> Model:
+    data, src = _source(ref, "models", file, key, base_dir)
+    spec = validate(ModelFile, data, src or file, prefix=None if src else key)
+    try:
+        return resolve(spec)
+    except ValueError as exc:
+        raise SpecError(str(exc), file=src or file, key=key) from None

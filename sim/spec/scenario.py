@@ -1,0 +1,195 @@
+"""The scenario file (scenario-format.md, version 1): load, validate, resolve presets, and
+check that the layout can run at all. The result, `Scenario`, is what every later stage takes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from .base import NonNegativeInt, PositiveInt, PositiveNumber, Spec
+from .errors import SpecError
+from .hardware import Hardware
+from .layout import Layout, memory_per_gpu, weight_bytes_per_gpu
+from .model import Model, ModelFile
+from .presets import load_hardware, load_model
+from .units import format_quantity
+from .validation import validate
+from .workload import Batching, FromTrace, Workload, mean_context
+from .yamlio import read_yaml
+
+SCHEMA_URL_HINT = "# yaml-language-server: $schema=racksim-scenario.schema.json"
+
+
+class ScenarioFile(Spec):
+    """Top level of a scenario file."""
+
+    version: Literal[1] = Field(description="format version; 1 is the only one so far")
+    name: str = ""
+    seed: NonNegativeInt = Field(0, description="random seed: same seed, same results")
+    hardware: str | dict[str, Any] = Field(
+        description="preset name (see `racksim show hardware`), a path, or an inline mapping")
+    racks: PositiveInt = Field(1, description="how many racks of that design")
+    model: str | dict[str, Any] = Field(
+        description="preset name (see `racksim show model`), a path, or an inline mapping")
+    layout: Layout = Layout()
+    workload: Workload
+    batching: Batching
+    price_per_gpu_hour: PositiveNumber | None = Field(
+        None, description="$ per GPU-hour; enables $ per million tokens")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A validated, resolved scenario: what every later stage takes."""
+
+    file: str
+    spec: ScenarioFile
+    hardware: Hardware
+    model: Model
+    base_dir: Path
+
+    @property
+    def layout(self) -> Layout:
+        return self.spec.layout
+
+    @property
+    def workload(self) -> Workload:
+        return self.spec.workload
+
+    @property
+    def batching(self):
+        return self.spec.batching
+
+    @property
+    def racks(self) -> int:
+        return self.spec.racks
+
+    @property
+    def seed(self) -> int:
+        return self.spec.seed
+
+    @property
+    def cluster_gpus(self) -> int:
+        return self.racks * self.hardware.gpus_per_rack
+
+    def mean_context(self) -> float:
+        if any(isinstance(d, FromTrace)
+               for d in (self.workload.prompt_tokens, self.workload.output_tokens)):
+            raise SpecError("token counts come from a trace; the closed form needs an explicit "
+                            "context", file=self.file, key="workload.prompt_tokens",
+                            fix="pass --context L")
+        return mean_context(self.workload)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    path = Path(path)
+    return scenario_from_dict(read_yaml(path), file=str(path), base_dir=path.parent)
+
+
+def scenario_from_dict(data: Any, *, file: str = "<inline>", base_dir: Path = Path(".")
+                       ) -> Scenario:
+    spec = validate(ScenarioFile, data, file)
+    hardware = load_hardware(spec.hardware, file=file, base_dir=base_dir)
+    model = load_model(spec.model, file=file, base_dir=base_dir)
+    scenario = Scenario(file=file, spec=spec, hardware=hardware, model=model, base_dir=base_dir)
+    check_feasible(scenario)
+    return scenario
+
+
+def with_layout(scenario: Scenario, **changes: int) -> Scenario:
+    """The same scenario with layout fields changed, checked again."""
+    spec = scenario.spec.model_copy(
+        update={"layout": scenario.layout.model_copy(update=changes)})
+    out = replace(scenario, spec=validate(ScenarioFile, spec.model_dump(), scenario.file))
+    check_feasible(out)
+    return out
+
+
+# --------------------------------------------------------------------------- feasibility
+
+
+def _divisors_near(n: int, around: int) -> str:
+    ds = [d for d in range(1, n + 1) if n % d == 0]
+    ds.sort(key=lambda d: (abs(d - around), d))
+    return ", ".join(str(d) for d in sorted(ds[:4]))
+
+
+def check_feasible(s: Scenario) -> None:
+    """Reject layouts that cannot run, naming the key and the fix."""
+    lay, m, hw, file = s.layout, s.model, s.hardware, s.file
+    ep, tp, pp = lay.expert_parallel, lay.tensor_parallel, lay.pipeline_parallel
+    if lay.total_gpus > s.cluster_gpus:
+        raise SpecError(
+            f"the layout needs {lay.total_gpus} GPUs ({lay.describe()}) but {s.racks} rack(s) "
+            f"of {hw.name} have {s.cluster_gpus}", file=file, key="layout",
+            fix=f"raise racks to {math.ceil(lay.total_gpus / hw.gpus_per_rack)} or shrink the "
+                "layout")
+    if m.moe is None and ep > 1:
+        raise SpecError(f"{m.name} is a dense model; expert parallelism does not apply",
+                        file=file, key="layout.expert_parallel",
+                        fix="set expert_parallel: 1 and use tensor_parallel to spread weights")
+    if m.moe is not None and m.moe.experts % ep:
+        raise SpecError(
+            f"{ep} does not divide the {m.moe.experts} experts of {m.name}", file=file,
+            key="layout.expert_parallel",
+            fix=f"use a divisor of {m.moe.experts}, e.g. {_divisors_near(m.moe.experts, ep)}")
+    if pp > m.layers:
+        raise SpecError(f"{pp} stages for {m.layers} layers", file=file,
+                        key="layout.pipeline_parallel",
+                        fix=f"use at most {m.layers} stages")
+    if tp > hw.domain_gpus:
+        raise SpecError(
+            f"tensor_parallel {tp} exceeds the {hw.domain_gpus}-GPU scale-up domain of "
+            f"{hw.name}; tensor parallelism across scale-out is not modelled", file=file,
+            key="layout.tensor_parallel", fix=f"use at most {hw.domain_gpus}")
+    # Memory: weights of the largest stage plus one sequence of mean context per microbatch.
+    if any(isinstance(d, FromTrace) for d in (s.workload.prompt_tokens, s.workload.output_tokens)):
+        context = 0.0
+    else:
+        context = s.mean_context()
+    need = memory_per_gpu(m, lay, 1, context)
+    have = hw.gpu.hbm_bytes
+    if need > have:
+        weights = weight_bytes_per_gpu(m, lay)
+        replica_need = m.weight_bytes
+        replica_have = have * lay.replica_gpus
+        min_gpus = math.ceil(replica_need / have)
+        raise SpecError(
+            f"{m.name} needs {format_quantity(replica_need, 'B')} of weights per replica "
+            f"({format_quantity(weights, 'B')} per GPU on the largest stage, plus KV cache), "
+            f"but the {lay.replica_gpus} GPU(s) of one replica ({lay.describe()}) have "
+            f"{format_quantity(replica_have, 'B')} of HBM "
+            f"({format_quantity(have, 'B')} each)", file=file, key="layout",
+            fix=f"spread a replica over at least {min_gpus} GPUs (raise expert_parallel, "
+                "tensor_parallel or pipeline_parallel), or use lower-precision weights "
+                "(model: {preset: NAME, weight_precision: fp4})")
+
+
+# --------------------------------------------------------------------------- JSON Schema
+
+
+def scenario_json_schema() -> dict:
+    """JSON Schema of a scenario file, with the hardware and model mappings spelled out."""
+    from .hardware import Hardware as _H  # noqa: PLC0415 - local for clarity
+
+    schema = ScenarioFile.model_json_schema()
+    defs = schema.setdefault("$defs", {})
+    for key, cls in (("hardware", _H), ("model", ModelFile)):
+        sub = cls.model_json_schema(ref_template="#/$defs/{model}")
+        defs.update(sub.pop("$defs", {}))
+        defs[cls.__name__] = sub
+        preset_ref = {"type": "object", "required": ["preset"],
+                      "properties": {"preset": {"type": "string"}},
+                      "description": "a preset with top-level keys overridden"}
+        desc = schema["properties"][key].get("description", "")
+        schema["properties"][key] = {
+            "description": desc,
+            "anyOf": [{"type": "string"}, {"$ref": f"#/$defs/{cls.__name__}"}, preset_ref]}
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "racksim scenario (version 1)"
+    return schema
