@@ -165,23 +165,12 @@ def show_presets():
 
 
 def main() -> None:
+    """Entry point: typer handles usage errors (exit 2); our user errors exit 2 too."""
     try:
-        app(standalone_mode=False)
+        app()
     except RacksimError as exc:
         err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
-    except typer.Abort:
-        err.print("aborted")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click  # noqa: PLC0415
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":

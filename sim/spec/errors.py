@@ -28,9 +28,9 @@ class SpecError(RacksimError):
     def paragraph(self) -> str:
         where = self.file or "<inline>"
         head = f"{where}: {self.key}: " if self.key else f"{where}: "
-        text = head + self.problem.rstrip(".") + "."
+        text = head + _sentence(self.problem)
         if self.fix:
-            text += " Fix: " + self.fix.rstrip(".") + "."
+            text += " Fix: " + _sentence(self.fix)
         return text
 
     def within(self, file: str | None = None, prefix: str | None = None) -> SpecError:
@@ -39,6 +39,11 @@ class SpecError(RacksimError):
         if prefix:
             key = f"{prefix}.{key}" if key else prefix
         return SpecError(self.problem, file=self.file or file, key=key, fix=self.fix)
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith((".", "?", "!")) else text + "."
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -90,6 +90,9 @@ def _describe(err: dict, parent: type[BaseModel] | None, key: str) -> tuple[str,
         return f"{value!r} is not allowed", (hint or f"use {expected}")
     if kind.startswith("value_error") or kind == "assertion_error":
         text = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        problem, _, fix = text.partition("; write it like ")
+        if fix:
+            return problem, f"write it like {fix}"
         return text, "correct the value as described"
     if kind in {"greater_than", "greater_than_equal", "less_than_equal", "less_than"}:
         return f"{value!r}: {msg.lower()}", "give a value in range"

@@ -1,0 +1,157 @@
+"""Every user mistake: exit status 2, one paragraph naming the file and key, no traceback."""
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import BASE, REPO
+from sim import cli
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["racksim", *map(str, args)])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out, captured.err
+
+
+def mutate(path, value):
+    d = copy.deepcopy(BASE)
+    *parents, last = path
+    node = d
+    for k in parents:
+        node = node[k]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return d
+
+
+DELETE = object()
+
+# (id, scenario dict or raw text, key path the message must name, words it must contain)
+CASES = [
+    ("typo-in-layout", mutate(("layout", "expert_paralel"), 8), "layout.expert_paralel",
+     ["unknown key", "expert_parallel"]),
+    ("typo-top-level", mutate(("workloads",), {}), "workloads", ["unknown key", "workload"]),
+    ("missing-workload", mutate(("workload",), DELETE), "workload", ["missing"]),
+    ("missing-version", mutate(("version",), DELETE), "version", ["missing"]),
+    ("wrong-version", mutate(("version",), 2), "version", ["1"]),
+    ("ep-wrong-type", mutate(("layout", "expert_parallel"), "eight"), "layout.expert_parallel",
+     ["whole number"]),
+    ("ep-float", mutate(("layout", "expert_parallel"), 2.5), "layout.expert_parallel",
+     ["whole number"]),
+    ("bad-unit", mutate(("batching", "interval"), "20 parsecs"), "batching.interval",
+     ["parsecs"]),
+    ("bandwidth-in-bytes", mutate(("hardware", "gpu", "hbm_bandwidth"), "3 TB"),
+     "hardware.gpu.hbm_bandwidth", ["unit"]),
+    ("negative-rate", mutate(("workload", "arrival", "rate_per_s"), -5),
+     "workload.arrival.rate_per_s", ["greater than 0"]),
+    ("zero-hbm", mutate(("hardware", "gpu", "hbm_bytes"), 0), "hardware.gpu.hbm_bytes",
+     ["greater than 0"]),
+    ("negative-racks", mutate(("racks",), -1), "racks", ["greater than 0"]),
+    ("unknown-arrival", mutate(("workload", "arrival"), {"process": "poison", "rate_per_s": 1}),
+     "workload.arrival", ["poisson"]),
+    ("unknown-policy", mutate(("batching",), {"policy": "continous", "max_batch": 8}),
+     "batching", ["continuous"]),
+    ("too-many-gpus", mutate(("layout", "data_parallel"), 4), "layout", ["needs 64 GPUs", "16"]),
+    ("ep-not-dividing", mutate(("layout", "expert_parallel"), 3), "layout.expert_parallel",
+     ["does not divide", "8 experts"]),
+    ("too-many-stages", mutate(("layout",), {"pipeline_parallel": 64}),
+     "layout", ["64"]),
+    ("does-not-fit", mutate(("hardware", "gpu", "hbm_bytes"), 2e9), "layout",
+     ["needs 47 GB", "of HBM", "at least"]),
+    ("unknown-hardware-preset", mutate(("hardware",), "gb200-nvl27"), "hardware",
+     ["unknown preset", "gb200-nvl72"]),
+    ("unknown-model-preset", mutate(("model",), "deepseek-v4"), "model",
+     ["unknown preset", "deepseek-v3"]),
+    ("missing-hardware-file", mutate(("hardware",), "nowhere/rack.yaml"), "hardware",
+     ["not found"]),
+    ("model-both-forms", mutate(("model", "architecture"), {
+        "layers": 2, "hidden": 64, "vocab": 100, "ffn_hidden": 128, "dense_layers": 2,
+        "attention": {"kind": "gqa", "heads": 2, "kv_heads": 2, "head_dim": 32}}),
+     "model", ["either"]),
+    ("warmup-after-end", mutate(("workload", "warmup_s"), 30), "workload", ["warmup_s"]),
+    ("duration-and-requests", mutate(("workload", "requests"), 100), "workload",
+     ["exactly one"]),
+    ("uniform-reversed", mutate(("workload", "prompt_tokens"),
+                                {"dist": "uniform", "low": 10, "high": 5}),
+     "workload.prompt_tokens", ["exceeds"]),
+    ("efficiency-above-one", mutate(("hardware", "efficiency"), {"compute": 1.5}),
+     "hardware.efficiency.compute", ["less than or equal to 1"]),
+    ("dense-with-ep", None, "layout.expert_parallel", ["dense"]),
+    ("yaml-syntax", "version: 1\nlayout: {expert_parallel: 8\n", None, ["not valid YAML", "line"]),
+    ("yaml-unsafe-tag", "version: !!python/object/apply:os.system ['echo pwned']\n", None,
+     ["tag", "not allowed"]),
+    ("yaml-duplicate-key", "version: 1\nversion: 1\n", None, ["duplicate key"]),
+    ("not-a-mapping", "- just\n- a list\n", None, ["mapping"]),
+]
+
+
+def _dense_with_ep():
+    from conftest import TOY_DENSE
+    d = copy.deepcopy(BASE)
+    d["model"] = TOY_DENSE
+    return d
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_scenario_is_one_clean_paragraph(case, write_yaml, monkeypatch, capsys):
+    name, data, key, words = case
+    if name == "dense-with-ep":
+        data = _dense_with_ep()
+    path = write_yaml(data)
+    code, out, err = run_cli(monkeypatch, capsys, "roofline", path)
+    assert code == 2
+    assert "Traceback" not in err and "Traceback" not in out
+    assert str(path) in err, "the message names the file"
+    if key is not None:
+        assert f": {key}:" in err, f"the message names the key {key}: {err}"
+    for w in words:
+        assert w in err, f"{w!r} not in {err!r}"
+    assert "Fix:" in err or name.startswith("yaml") or name == "not-a-mapping"
+    assert err.strip().count("\n\n") == 0, "one paragraph"
+
+
+def test_unsafe_tag_is_never_constructed(write_yaml, tmp_path, monkeypatch, capsys):
+    marker = tmp_path / "pwned"
+    path = write_yaml(f"version: !!python/object/apply:os.system ['touch {marker}']\n")
+    code, _, _ = run_cli(monkeypatch, capsys, "roofline", path)
+    assert code == 2 and not marker.exists()
+
+
+def test_missing_file(monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "roofline", tmp_path / "nope.yaml")
+    assert code == 2 and "file not found" in err
+
+
+def test_bad_cli_option_value(monkeypatch, capsys, write_yaml):
+    code, _, err = run_cli(monkeypatch, capsys, "roofline", write_yaml(BASE), "--batch", "-3")
+    assert code == 2 and "--batch" in err
+
+
+def test_unknown_model_in_show(monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "show", "model", "llama-9")
+    assert code == 2 and "unknown preset" in err
+
+
+def test_installed_console_script_exits_2_without_traceback(write_yaml):
+    """The real entry point, as a user runs it."""
+    path = write_yaml(mutate(("layout", "expert_parallel"), 3))
+    exe = REPO / ".venv" / "bin" / "racksim"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sim.cli"]
+    proc = subprocess.run([*cmd, "roofline", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "layout.expert_parallel" in proc.stderr
+
+
+def test_yaml_round_trip_of_valid_base_runs(write_yaml, monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys, "roofline", write_yaml(BASE), "--json")
+    assert code in (0, None), err
+    assert yaml.safe_load(out)["fits"] is True
