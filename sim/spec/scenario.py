@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from .base import NonNegativeInt, PositiveInt, PositiveNumber, Spec
+from .engine_options import EngineOptions, HotRouting, MoEOptions
 from .errors import SpecError
 from .hardware import Hardware
 from .layout import Layout, memory_per_gpu, weight_bytes_per_gpu
@@ -41,6 +42,8 @@ class ScenarioFile(Spec):
     batching: Batching
     price_per_gpu_hour: PositiveNumber | None = Field(
         None, description="$ per GPU-hour; enables $ per million tokens")
+    moe: MoEOptions = MoEOptions()
+    engine: EngineOptions = EngineOptions()
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,13 @@ def check_feasible(s: Scenario) -> None:
             f"{ep} does not divide the {m.moe.experts} experts of {m.name}", file=file,
             key="layout.expert_parallel",
             fix=f"use a divisor of {m.moe.experts}, e.g. {_divisors_near(m.moe.experts, ep)}")
+    routing = s.spec.moe.routing
+    if isinstance(routing, HotRouting) and m.moe is not None:
+        bad = [e for e in routing.experts if e >= m.moe.experts]
+        if bad:
+            raise SpecError(f"hot experts {bad} do not exist ({m.name} has experts 0.."
+                            f"{m.moe.experts - 1})", file=file, key="moe.routing.experts",
+                            fix="list expert ids below the expert count")
     if pp > m.layers:
         raise SpecError(f"{pp} stages for {m.layers} layers", file=file,
                         key="layout.pipeline_parallel",

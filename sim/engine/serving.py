@@ -1,0 +1,120 @@
+"""Requests, queues and microbatch slots: who is admitted, what a step processes, and what it
+produces. Sequences live in numpy arrays per slot; no per-request Python work per decode step.
+
+Policies (documented in docs/architecture.md):
+- admission is FIFO per replica, bounded by `max_batch` sequences per microbatch and by KV
+  capacity; a request reserves its whole KV (prompt + output tokens) when admitted, so no
+  preemption is ever needed; a request that could never fit is dropped and counted.
+- `chunked` prefill: a step carries every decoding sequence plus up to `chunk_tokens` prompt
+  tokens (default: whole prompts); `separate`: a step with prompt work carries only that.
+- the step that finishes a prompt produces the request's first output token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+WAITING, RUNNING, DONE, DROPPED = 0, 1, 2, 3
+
+
+class RequestTable:
+    """Growable columns, one row per request ever created."""
+
+    def __init__(self, capacity: int = 1024):
+        self.n = 0
+        self._cols = ("arrival", "admitted", "first_token", "finish")
+        for c in self._cols:
+            setattr(self, c, np.full(capacity, np.nan))
+        self.prompt = np.zeros(capacity, dtype=np.int64)
+        self.output = np.zeros(capacity, dtype=np.int64)
+        self.replica = np.zeros(capacity, dtype=np.int64)
+        self.status = np.zeros(capacity, dtype=np.int8)
+
+    def _grow(self, need: int) -> None:
+        cap = len(self.prompt)
+        if need <= cap:
+            return
+        new = max(need, 2 * cap)
+        for c in (*self._cols, "prompt", "output", "replica", "status"):
+            old = getattr(self, c)
+            fill = np.nan if old.dtype.kind == "f" else 0
+            arr = np.full(new, fill, dtype=old.dtype)
+            arr[:cap] = old
+            setattr(self, c, arr)
+
+    def add(self, arrival, prompt, output, replica) -> np.ndarray:
+        arrival = np.atleast_1d(np.asarray(arrival, dtype=float))
+        k = len(arrival)
+        self._grow(self.n + k)
+        ids = np.arange(self.n, self.n + k)
+        self.arrival[ids] = arrival
+        self.prompt[ids] = prompt
+        self.output[ids] = output
+        self.replica[ids] = replica
+        self.n += k
+        return ids
+
+
+@dataclass
+class StepPlan:
+    """What one microbatch step processes."""
+
+    decode: np.ndarray        # mask over the slot's sequences
+    take: np.ndarray          # prompt tokens each sequence prefills this step
+    tokens: int               # tokens through the model: decode + prefill
+    prefill_tokens: int
+    kv_tokens: float          # context tokens whose KV is read
+    attn_pairs: float         # query x context token pairs (attention FLOPs)
+
+
+class Slot:
+    """One microbatch's sequences."""
+
+    def __init__(self):
+        self.ids = np.zeros(0, dtype=np.int64)
+        self.ctx = np.zeros(0, dtype=np.int64)   # tokens in the KV cache
+        self.rem = np.zeros(0, dtype=np.int64)   # output tokens still to produce
+        self.pre = np.zeros(0, dtype=np.int64)   # prompt tokens still to prefill
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def admit(self, ids: np.ndarray, prompt: np.ndarray, output: np.ndarray) -> None:
+        self.ids = np.concatenate([self.ids, ids])
+        self.ctx = np.concatenate([self.ctx, np.zeros(len(ids), dtype=np.int64)])
+        self.rem = np.concatenate([self.rem, output])
+        self.pre = np.concatenate([self.pre, prompt])
+
+    def plan(self, prefill: str, chunk_tokens: int | None) -> StepPlan:
+        decode = self.pre == 0
+        waiting = self.pre
+        budget = np.inf if chunk_tokens is None else chunk_tokens
+        before = np.cumsum(waiting) - waiting
+        take = np.clip(budget - before, 0, waiting).astype(np.int64)
+        if prefill == "separate" and take.any():
+            decode = np.zeros_like(decode)
+        n_dec = int(decode.sum())
+        n_pre = int(take.sum())
+        ctx = self.ctx
+        kv = float(ctx[decode].sum() + (ctx + take)[take > 0].sum())
+        pairs = float(ctx[decode].sum() + (take * (ctx + (take + 1) / 2.0)).sum())
+        return StepPlan(decode, take, n_dec + n_pre, n_pre, kv, pairs)
+
+    def advance(self, plan: StepPlan) -> tuple[np.ndarray, np.ndarray, int]:
+        """Apply a finished step. Returns (ids with a first token now, ids finished now,
+        output tokens produced)."""
+        self.ctx += plan.take
+        self.pre -= plan.take
+        first = (plan.take > 0) & (self.pre == 0)
+        produced = plan.decode | first
+        self.ctx += produced
+        self.rem -= produced
+        done = self.rem <= 0
+        first_ids, done_ids = self.ids[first], self.ids[done]
+        if done.any():
+            keep = ~done
+            self.ids, self.ctx = self.ids[keep], self.ctx[keep]
+            self.rem, self.pre = self.rem[keep], self.pre[keep]
+        return first_ids, done_ids, int(produced.sum())

@@ -1,0 +1,526 @@
+"""The discrete-event simulation: SimPy runs the clock; numpy does the arithmetic.
+
+Processes:
+- one *feeder* per replica puts arriving requests in that replica's queue;
+- one *microbatch* process per (replica, microbatch slot) loops forever: admit, take the
+  stages in order (each stage a SimPy resource: one microbatch at a time), run the stage's
+  layers (GPU phases as timeouts of the slowest GPU, collectives as network flows), send the
+  activations to the next stage, wrap around, apply the step's results.
+The network (network.py) is the shared resource that makes collectives of different
+microbatches, stages and replicas slow each other down.
+
+What is recorded (arrays, turned into tables by sim.results): requests, steps, stage busy
+time, per-GPU time split (compute / memory / network / bubble / idle), link statistics and,
+for the first `engine.trace_detail_steps` steps, every phase for the timeline.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from ..cluster.placement import Placement, place
+from ..cluster.topology import Cluster, build_cluster
+from ..spec.layout import max_stage_fraction, stage_layers, weight_bytes_per_gpu
+from ..spec.scenario import Scenario
+from ..spec.trace import read_trace
+from ..spec.workload import Closed, FixedInterval, Fixed, LogNormal, Poisson, Trace, Uniform
+from . import collectives as coll
+from .costs import (draw_routing, dispatch_matrix, expert_popularity, layer_costs,
+                    moe_layer_flags, split_tokens)
+from .network import Network
+from .serving import DONE, DROPPED, RUNNING, RequestTable, Slot
+
+
+class CountingEnvironment(simpy.Environment):
+    """A SimPy environment that counts the events it processes."""
+
+    def __init__(self):
+        super().__init__()
+        self.events_processed = 0
+
+    def step(self):
+        self.events_processed += 1
+        super().step()
+
+
+@dataclass
+class Interval:
+    """Time integral of a 0/1 condition (e.g. 'a step is in flight'), clipped to a window."""
+
+    start: float
+    count: int = 0
+    since: float = 0.0
+    total: float = 0.0
+
+    def change(self, now: float, delta: int) -> None:
+        before = self.count
+        self.count += delta
+        if before == 0 and self.count > 0:
+            self.since = now
+        elif before > 0 and self.count == 0:
+            self.total += max(0.0, now - max(self.since, self.start))
+
+    def value(self, now: float) -> float:
+        extra = max(0.0, now - max(self.since, self.start)) if self.count > 0 else 0.0
+        return self.total + extra
+
+
+@dataclass
+class EngineResult:
+    scenario: Scenario
+    cluster: Cluster
+    placement: Placement
+    requests: RequestTable
+    steps: dict                 # column -> array, one row per microbatch step
+    stage_steps: dict           # one row per (stage, step) hold
+    phases: list                # (replica, stage, name, start, end) for the timeline
+    gpu_time: dict              # category -> array over cluster GPUs (seconds in window)
+    stage_busy: np.ndarray      # [replica, stage] seconds busy in window
+    stage_bubble: np.ndarray    # [replica, stage]
+    network: Network
+    window: tuple[float, float]
+    output_tokens: int          # produced in the window
+    input_tokens: int           # prefilled in the window
+    kv_capacity_tokens: float
+    sim_events: int
+    wall_time_s: float
+    transfers: dict = field(default_factory=dict)  # kind -> [count, bytes]
+
+
+class Simulation:
+    def __init__(self, scenario: Scenario):
+        s = self.scenario = scenario
+        self.env = CountingEnvironment()
+        seed = scenario.seed
+        self.rng_arrivals = np.random.default_rng([seed, 1])
+        self.rng_tokens = np.random.default_rng([seed, 2])
+        self.rng_routing = np.random.default_rng([seed, 3])
+        self.cluster = build_cluster(s.hardware, s.racks)
+        self.placement = place(self.cluster, s.layout, s.file)
+        self.net = Network(self.env, self.cluster.capacity, self.cluster.tier)
+        lay, m = s.layout, s.model
+        self.costs = layer_costs(m, s.hardware, lay, s.spec.moe,
+                                 s.spec.engine.activation_precision,
+                                 s.spec.engine.attention_flops)
+        flags = moe_layer_flags(m)
+        bounds = np.cumsum([0, *stage_layers(m.layers, lay.pipeline_parallel)])
+        self.stage_moe = [flags[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        self.popularity = (expert_popularity(s.spec.moe, m.moe.experts,
+                                             np.random.default_rng([seed, 4]))
+                           if m.moe else None)
+        self.R, self.P, self.M = lay.data_parallel, lay.pipeline_parallel, lay.n_microbatches
+        self.warmup = s.workload.warmup_s
+        self.req = RequestTable()
+        self.queues: list[deque] = [deque() for _ in range(self.R)]
+        self.slots = [[Slot() for _ in range(self.M)] for _ in range(self.R)]
+        self.waiters: list[list[simpy.Event]] = [[] for _ in range(self.R)]
+        self.stages = [[simpy.Resource(self.env, 1) for _ in range(self.P)]
+                       for _ in range(self.R)]
+        self.inflight = [Interval(self.warmup) for _ in range(self.R)]
+        self.kv_capacity = self._kv_capacity_tokens()
+        self.kv_reserved = np.zeros(self.R)
+        n = self.cluster.n_gpus
+        self.gpu_compute = np.zeros(n)
+        self.gpu_memory = np.zeros(n)
+        self.gpu_network = np.zeros(n)
+        self.stage_busy = np.zeros((self.R, self.P))
+        self.step_rows: dict[str, list] = {k: [] for k in (
+            "replica", "microbatch", "start", "end", "sequences", "tokens", "prefill_tokens")}
+        self.stage_rows: dict[str, list] = {k: [] for k in (
+            "replica", "stage", "microbatch", "start", "end")}
+        self.phases: list[tuple] = []
+        self.detail_steps = s.spec.engine.trace_detail_steps
+        self.steps_started = 0
+        self.output_tokens = 0
+        self.input_tokens = 0
+        self.transfers: dict[str, list] = {}
+        self.finished = 0
+        self.target_requests = s.workload.requests
+        self.all_done = self.env.event()
+        self.batching = s.batching
+        self.prefill = getattr(self.batching, "prefill", "chunked")
+        self.chunk = getattr(self.batching, "chunk_tokens", None)
+
+    # ------------------------------------------------------------------ setup
+
+    def _kv_capacity_tokens(self) -> float:
+        s = self.scenario
+        m, lay = s.model, s.layout
+        free = s.hardware.gpu.hbm_bytes - weight_bytes_per_gpu(m, lay)
+        per_token = m.kv_bytes_per_token * max_stage_fraction(m.layers, lay.pipeline_parallel) \
+            / lay.stage_gpus
+        return math.inf if per_token == 0 else math.floor(free / per_token)
+
+    def _sample_tokens(self, dist, n: int) -> np.ndarray:
+        rng = self.rng_tokens
+        if isinstance(dist, Fixed):
+            return np.full(n, dist.value, dtype=np.int64)
+        if isinstance(dist, Uniform):
+            return rng.integers(dist.low, dist.high + 1, size=n)
+        if isinstance(dist, LogNormal):
+            sigma = dist.sigma
+            mu = math.log(dist.mean_tokens) - sigma**2 / 2
+            x = np.rint(rng.lognormal(mu, sigma, size=n)).astype(np.int64)
+            return np.clip(x, 1, dist.max_tokens or np.iinfo(np.int64).max)
+        raise AssertionError(dist)
+
+    def _open_arrivals(self):
+        """Arrival times and token counts of an open workload (Poisson or trace)."""
+        w = self.scenario.workload
+        if isinstance(w.arrival, Trace):
+            t = read_trace(self.scenario.base_dir / w.arrival.path)
+            keep = t.arrival_s <= (w.duration_s if w.duration_s is not None else np.inf)
+            a, p, o = t.arrival_s[keep], t.prompt_tokens[keep], t.output_tokens[keep]
+            if w.requests is not None:
+                a, p, o = a[:w.requests], p[:w.requests], o[:w.requests]
+            if not _from_trace(w.prompt_tokens):
+                p = self._sample_tokens(w.prompt_tokens, len(a))
+            if not _from_trace(w.output_tokens):
+                o = self._sample_tokens(w.output_tokens, len(a))
+            return a, p, o
+        rate = w.arrival.rate_per_s
+        if w.requests is not None:
+            a = np.cumsum(self.rng_arrivals.exponential(1 / rate, size=w.requests))
+        else:
+            chunks, t = [], 0.0
+            while t <= w.duration_s:
+                gaps = self.rng_arrivals.exponential(1 / rate, size=max(16, int(rate * 10)))
+                c = t + np.cumsum(gaps)
+                chunks.append(c)
+                t = c[-1]
+            a = np.concatenate(chunks)
+            a = a[a < w.duration_s]
+        n = len(a)
+        return a, self._sample_tokens(w.prompt_tokens, n), self._sample_tokens(w.output_tokens, n)
+
+    # ------------------------------------------------------------------ arrivals
+
+    def _enqueue(self, r: int, ids) -> None:
+        q = self.queues[r]
+        for i in np.atleast_1d(ids):
+            q.append(int(i))
+            self.inflight_work_change(r)
+        waiters, self.waiters[r] = self.waiters[r], []
+        for ev in waiters:
+            if not ev.triggered:
+                ev.succeed()
+
+    def inflight_work_change(self, r: int) -> None:
+        """Hook for reliability work (issue 9): queue bound checks go here."""
+
+    def _feeder(self, r: int, times: np.ndarray, ids: np.ndarray):
+        env = self.env
+        for t, i in zip(times, ids):
+            if t > env.now:
+                yield env.timeout(t - env.now)
+            self._enqueue(r, i)
+
+    def _new_closed_request(self, r: int, at: float) -> None:
+        w = self.scenario.workload
+        if self.target_requests is not None and self.req.n >= self.target_requests:
+            return
+        p = self._sample_tokens(w.prompt_tokens, 1)
+        o = self._sample_tokens(w.output_tokens, 1)
+        ids = self.req.add(at, p, o, r)
+        if at <= self.env.now:
+            self._enqueue(r, ids)
+        else:
+            ev = self.env.timeout(at - self.env.now)
+            ev.callbacks.append(lambda _e: self._enqueue(r, ids))
+
+    def _start_arrivals(self) -> None:
+        w = self.scenario.workload
+        if isinstance(w.arrival, Closed):
+            for c in range(w.arrival.concurrency):
+                self._new_closed_request(c % self.R, 0.0)
+            return
+        a, p, o = self._open_arrivals()
+        replica = np.arange(len(a)) % self.R   # round robin over replicas
+        ids = self.req.add(a, p, o, replica)
+        for r in range(self.R):
+            mine = replica == r
+            self.env.process(self._feeder(r, a[mine], ids[mine]))
+        if self.target_requests is not None:
+            self.target_requests = len(a)
+
+    # ------------------------------------------------------------------ batching
+
+    def _admit(self, r: int, j: int) -> None:
+        q, slot, req = self.queues[r], self.slots[r][j], self.req
+        cap = self.batching.max_batch
+        new = []
+        while q and len(slot) + len(new) < cap:
+            i = q[0]
+            need = req.prompt[i] + req.output[i]
+            if need > self.kv_capacity:
+                q.popleft()
+                req.status[i] = DROPPED
+                self._retire(i)
+                continue
+            if self.kv_reserved[r] + need > self.kv_capacity:
+                break
+            q.popleft()
+            self.kv_reserved[r] += need
+            new.append(i)
+        if new:
+            ids = np.array(new, dtype=np.int64)
+            req.admitted[ids] = self.env.now
+            req.status[ids] = RUNNING
+            slot.admit(ids, req.prompt[ids], req.output[ids])
+
+    def _retire(self, i: int) -> None:
+        self.finished += 1
+        if self.target_requests is not None and self.finished >= self.target_requests \
+                and not self.all_done.triggered:
+            self.all_done.succeed()
+
+    def _wait_for_work(self, r: int) -> simpy.Event:
+        ev = self.env.event()
+        self.waiters[r].append(ev)
+        return ev
+
+    def _next_departure(self, j: int) -> float:
+        T = self.batching.interval
+        offset = j * T / self.M
+        k = math.ceil((self.env.now - offset) / T - 1e-9)
+        return max(self.env.now, offset + k * T)
+
+    def _microbatch(self, r: int, j: int):
+        env, slot = self.env, self.slots[r][j]
+        fixed = isinstance(self.batching, FixedInterval)
+        while True:
+            if fixed:
+                t = self._next_departure(j)
+                if t > env.now:
+                    yield env.timeout(t - env.now)
+            self._admit(r, j)
+            if not len(slot):
+                yield self._wait_for_work(r)
+                continue
+            plan = slot.plan(self.prefill, self.chunk)
+            start = env.now
+            step_no = self.steps_started
+            self.steps_started += 1
+            detail = step_no < self.detail_steps
+            self.inflight[r].change(start, +1)
+            for s in range(self.P):
+                with self.stages[r][s].request() as hold:
+                    yield hold
+                    yield from self._run_stage(r, s, j, plan, detail)
+                if s < self.P - 1:
+                    yield from self._stage_boundary(r, s, plan)
+            if self.P > 1:  # the sampled token returns to the first stage
+                a, b = self.placement.group(r, self.P - 1)[0], self.placement.group(r, 0)[0]
+                yield env.timeout(self.cluster.path_latency(int(a), int(b)))
+            self.inflight[r].change(env.now, -1)
+            self._finish_step(r, j, plan, start)
+
+    def _finish_step(self, r: int, j: int, plan, start: float) -> None:
+        now, req = self.env.now, self.req
+        first, done, produced = self.slots[r][j].advance(plan)
+        if now >= self.warmup:
+            self.output_tokens += produced
+            self.input_tokens += plan.prefill_tokens
+        if len(first):
+            req.first_token[first] = now
+        if len(done):
+            req.finish[done] = now
+            req.status[done] = DONE
+            self.kv_reserved[r] -= float((req.prompt[done] + req.output[done]).sum())
+            closed = isinstance(self.scenario.workload.arrival, Closed)
+            for i in done:
+                self._retire(i)
+                if closed:
+                    self._new_closed_request(r, now + self.scenario.workload.arrival.think_time_s)
+        rows = self.step_rows
+        for k, v in (("replica", r), ("microbatch", j), ("start", start), ("end", now),
+                     ("sequences", int(plan.decode.sum() + (plan.take > 0).sum())),
+                     ("tokens", plan.tokens), ("prefill_tokens", plan.prefill_tokens)):
+            rows[k].append(v)
+
+    # ------------------------------------------------------------------ a stage
+
+    def _transfer(self, kind: str, t: coll.Transfer):
+        rec = self.transfers.setdefault(kind, [0, 0.0])
+        rec[0] += 1
+        rec[1] += t.bytes_sent
+        return self.net.transfer(t.links, t.load, kind)
+
+    def _run_stage(self, r: int, s: int, j: int, plan, detail: bool):
+        env, c, cl = self.env, self.costs, self.cluster
+        gpus = self.placement.group(r, s)
+        G, ep, tp = c.G, c.ep, c.tp
+        group_tokens = np.repeat(split_tokens(plan.tokens, ep), tp).astype(float)
+        share = group_tokens / max(plan.tokens, 1)
+        # each EP rank's attention group holds an even share of the step's sequences
+        dense_t, dense_cb = c.dense_phase(group_tokens, share * plan.kv_tokens * tp,
+                                          share * plan.attn_pairs * tp)
+        moe = self.stage_moe[s]
+        n_moe = int(moe.sum())
+        n_layers = len(moe)
+        comp = dense_t * dense_cb * n_layers
+        mem = dense_t * ~dense_cb * n_layers
+        exp_t = None
+        if n_moe:
+            routing = draw_routing(c, split_tokens(plan.tokens, G), self.popularity,
+                                   self.rng_routing)
+            exp_t, exp_cb = c.expert_phase(routing.expert_tokens())
+            comp = comp + exp_t * exp_cb * n_moe
+            mem = mem + exp_t * ~exp_cb * n_moe
+            if ep > 1:
+                disp = coll.pair_loads(cl, gpus, dispatch_matrix(c, routing, c.dispatch_bytes))
+                comb = coll.pair_loads(cl, gpus,
+                                       dispatch_matrix(c, routing, c.combine_bytes).T)
+        if tp > 1:
+            ar = self._tp_all_reduce(gpus, group_tokens)
+        t_dense = float(dense_t.max())
+        t_exp = float(exp_t.max()) if exp_t is not None else 0.0
+        start = env.now
+        delay = 0.0
+        mark = start
+
+        def phase(name):
+            nonlocal mark
+            if detail:
+                self.phases.append((r, s, name, mark, env.now))
+            mark = env.now
+
+        for is_moe in moe:
+            delay += t_dense
+            if tp > 1:
+                yield env.timeout(delay + ar.latency)
+                delay = 0.0
+                phase("attention")
+                yield self._transfer("all_reduce", ar)
+                phase("all_reduce")
+            if is_moe:
+                if ep > 1:
+                    yield env.timeout(delay + disp.latency)
+                    delay = 0.0
+                    phase("attention")
+                    yield self._transfer("dispatch", disp)
+                    phase("dispatch")
+                delay += t_exp
+                if ep > 1:
+                    yield env.timeout(delay + comb.latency)
+                    delay = 0.0
+                    phase("experts")
+                    yield self._transfer("combine", comb)
+                    phase("combine")
+                if tp > 1:
+                    yield env.timeout(delay + ar.latency)
+                    delay = 0.0
+                    phase("experts")
+                    yield self._transfer("all_reduce", ar)
+                    phase("all_reduce")
+        if delay > 0:
+            yield env.timeout(delay)
+            phase("compute")
+        end = env.now
+        self._account(r, s, j, gpus, start, end, comp, mem)
+
+    def _tp_all_reduce(self, gpus: np.ndarray, group_tokens: np.ndarray) -> coll.Transfer:
+        """All-reduce of the tokens' activations inside every TP group of the stage at once."""
+        c = self.costs
+        n = c.tp
+        m = np.zeros((len(gpus), len(gpus)))
+        size = group_tokens * c.activation_bytes
+        for g in range(c.ep):
+            idx = np.arange(g * n, (g + 1) * n)
+            m[idx, idx[coll.ring_neighbours(n)]] = 2.0 * (n - 1) / n * size[idx]
+        t = coll.pair_loads(self.cluster, gpus, m)
+        algo = self.scenario.spec.engine.all_reduce
+        hops = 2 * (n - 1) if algo == "ring" else 2 * math.ceil(math.log2(n))
+        return coll.Transfer(t.links, t.load, hops * t.latency, t.bytes_sent)
+
+    def _stage_boundary(self, r: int, s: int, plan):
+        a, b = self.placement.group(r, s), self.placement.group(r, s + 1)
+        size = split_tokens(plan.tokens, len(a)) * self.costs.activation_bytes
+        t = coll.send_recv(self.cluster, a, b, size)
+        if t.latency:
+            yield self.env.timeout(t.latency)
+        yield self._transfer("send_recv", t)
+
+    def _account(self, r, s, j, gpus, start, end, comp, mem) -> None:
+        rows = self.stage_rows
+        for k, v in (("replica", r), ("stage", s), ("microbatch", j), ("start", start),
+                     ("end", end)):
+            rows[k].append(v)
+        dur = end - start
+        inside = max(0.0, end - max(start, self.warmup))
+        if inside <= 0 or dur <= 0:
+            return
+        f = inside / dur
+        self.stage_busy[r, s] += inside
+        self.gpu_compute[gpus] += f * comp
+        self.gpu_memory[gpus] += f * mem
+        self.gpu_network[gpus] += f * np.maximum(dur - comp - mem, 0.0)
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, progress: Callable[[float, float], None] | None = None) -> EngineResult:
+        wall0 = time.perf_counter()
+        env = self.env
+        self._start_arrivals()
+        for r in range(self.R):
+            for j in range(self.M):
+                env.process(self._microbatch(r, j))
+        w = self.scenario.workload
+        if w.duration_s is not None:
+            end = w.duration_s
+            chunks = 100
+            for k in range(1, chunks + 1):
+                env.run(until=end * k / chunks)
+                if progress:
+                    progress(env.now, end)
+        else:
+            if self.target_requests:
+                env.run(until=self.all_done)
+            end = env.now
+        return self._result(end, time.perf_counter() - wall0)
+
+    def _result(self, end: float, wall: float) -> EngineResult:
+        self.net._advance()  # bring link integrals up to the end
+        window = end - self.warmup
+        n = self.cluster.n_gpus
+        busy = self.stage_busy
+        inflight = np.array([iv.value(end) for iv in self.inflight])
+        bubble = np.maximum(inflight[:, None] - busy, 0.0)
+        gpu_bubble = np.zeros(n)
+        gpu_idle = np.full(n, window)
+        used = np.zeros(n, dtype=bool)
+        for r in range(self.R):
+            for s in range(self.P):
+                g = self.placement.group(r, s)
+                used[g] = True
+                gpu_bubble[g] = bubble[r, s]
+        gpu_idle = np.maximum(window - self.gpu_compute - self.gpu_memory - self.gpu_network
+                              - gpu_bubble, 0.0)
+        return EngineResult(
+            scenario=self.scenario, cluster=self.cluster, placement=self.placement,
+            requests=self.req,
+            steps={k: np.asarray(v) for k, v in self.step_rows.items()},
+            stage_steps={k: np.asarray(v) for k, v in self.stage_rows.items()},
+            phases=self.phases,
+            gpu_time={"compute": self.gpu_compute, "memory": self.gpu_memory,
+                      "network": self.gpu_network, "bubble": gpu_bubble, "idle": gpu_idle,
+                      "used": used},
+            stage_busy=busy, stage_bubble=bubble, network=self.net,
+            window=(self.warmup, end), output_tokens=self.output_tokens,
+            input_tokens=self.input_tokens, kv_capacity_tokens=self.kv_capacity,
+            sim_events=self.env.events_processed, wall_time_s=wall, transfers=self.transfers)
+
+
+def _from_trace(dist) -> bool:
+    return getattr(dist, "dist", None) == "trace"
+
+
+def simulate(scenario: Scenario, progress=None) -> EngineResult:
+    return Simulation(scenario).run(progress)
