@@ -84,16 +84,154 @@ def roofline(
         out.print(f"pictures written to {plot}")
 
 
+class _LazyProgress:
+    """A progress bar that appears only when a run lasts more than a couple of seconds."""
+
+    def __init__(self, label: str, after_s: float = 2.0):
+        import time  # noqa: PLC0415
+
+        self._clock = time.perf_counter
+        self._t0 = self._clock()
+        self._after = after_s
+        self._label = label
+        self._bar = None
+        self._task = None
+
+    def __call__(self, done: float, total: float) -> None:
+        if self._bar is None:
+            if self._clock() - self._t0 < self._after:
+                return
+            from rich.progress import (BarColumn, Progress, TextColumn,  # noqa: PLC0415
+                                       TimeRemainingColumn)
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 TextColumn("{task.fields[sim]}"), TimeRemainingColumn(),
+                                 console=err, transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(self._label, total=total, sim="")
+        self._bar.update(self._task, completed=done, sim=f"{done:.2f} / {total:g} s simulated")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _summary_table(sm: dict) -> Table:
+    def dist(d, unit="s"):
+        if not d or d.get("p50") is None:
+            return "n/a"
+        return f"p50 {fq(d['p50'], unit)}  p90 {fq(d['p90'], unit)}  p99 {fq(d['p99'], unit)}"
+
+    t = Table(title=sm["name"] or sm["scenario"], show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    lu = sm["link_utilisation"]
+    g = sm["gpu_time_fraction"]
+    rows = [
+        ("requests completed / dropped / in flight",
+         f"{sm['requests_completed']:,} / {sm['requests_dropped']:,} / "
+         f"{sm['requests_in_flight']:,}"),
+        ("output tokens/s (per GPU)",
+         f"{sm['output_tokens_per_s']:,.0f} ({sm['tokens_per_s_per_gpu']:,.1f})"),
+        ("input tokens/s", f"{sm['input_tokens_per_s']:,.0f}"),
+        ("queue wait", dist(sm["queue_wait_s"])),
+        ("time to first token", dist(sm["ttft_s"])),
+        ("time per output token", dist(sm["tpot_s"])),
+        ("end to end", dist(sm["e2e_s"])),
+        ("decode step", dist(sm["step_time_s"])),
+        ("pipeline bubble fraction", f"{sm['bubble_fraction']:.3f}"),
+        ("GPU time compute/memory/network/bubble/idle",
+         " / ".join(f"{g[k]:.2f}" for k in ("compute", "memory", "network", "bubble", "idle"))),
+        ("scale-up util mean / peak / saturated",
+         f"{lu['scale_up']['mean']:.2f} / {lu['scale_up']['peak']:.2f} / "
+         f"{lu['scale_up']['saturated_fraction']:.2f}"),
+        ("scale-out util mean / peak / saturated",
+         f"{lu['scale_out']['mean']:.2f} / {lu['scale_out']['peak']:.2f} / "
+         f"{lu['scale_out']['saturated_fraction']:.2f}"),
+        ("$ per million output tokens", "n/a (no price_per_gpu_hour)"
+         if sm["cost_per_million_tokens"] is None else f"${sm['cost_per_million_tokens']:,.3f}"),
+        ("simulation", f"{sm['sim_events']:,} events in {sm['wall_time_s']:.1f} s wall"),
+    ]
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
 @app.command()
 def run(
     scenario: Scenario_,
     out_dir: Annotated[Path, typer.Option("--out", help="results folder")] = Path("out/run"),
+    fmt: Annotated[str, typer.Option("--format", help="plot format: png or svg")] = "png",
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="skip the plots")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print summary.json")] = False,
 ):
-    """Run a scenario. (The discrete-event engine is issue 5; until it lands this prints the
-    closed-form roofline summary.)"""
+    """Simulate a scenario and write summary.json, CSV tables, trace.json and plots."""
+    from .engine.simulation import Simulation  # noqa: PLC0415 - keep `schema` fast
+    from .results.tables import build_tables  # noqa: PLC0415
+    from .results.write import summary_json, write_results  # noqa: PLC0415
+
+    if fmt not in ("png", "svg"):
+        raise typer.BadParameter("use png or svg", param_hint="--format")
     s = load_scenario(scenario)
-    r = rf.for_scenario(s)
-    out.print(_roofline_table(r, f"{s.spec.name or s.file} (closed-form roofline)"))
+    sim = Simulation(s)
+    bar = _LazyProgress(f"simulating {s.spec.name or s.file}")
+    try:
+        res = sim.run(progress=bar)
+    finally:
+        bar.close()
+    tables = build_tables(res)
+    write_results(res, tables, out_dir, plots=not no_plots, fmt=fmt)
+    if as_json:
+        typer.echo(summary_json(tables.summary))
+        return
+    out.print(_summary_table(tables.summary))
+    out.print(f"results in {out_dir}/ (summary.json, requests.csv, gpus.csv, links.csv, "
+              f"trace.json{', plots' if not no_plots else ''})")
+
+
+@app.command()
+def collective(
+    kind: Annotated[str, typer.Argument(help="all_to_all, all_reduce or send_recv")],
+    hardware: Annotated[str, typer.Option(help="hardware preset or file")],
+    gpus: Annotated[int, typer.Option(help="GPUs taking part")],
+    size: Annotated[str, typer.Option("--bytes", help="per-GPU buffer, e.g. 64MB or 6.4e7")],
+    racks: Annotated[int, typer.Option(help="scale-up domains the GPUs spread over")] = 1,
+    algorithm: Annotated[str, typer.Option(help="all_reduce: ring or tree")] = "ring",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+):
+    """Simulate one collective alone and report time, algorithm and bus bandwidth."""
+    from .engine.microbench import KINDS, run_collective  # noqa: PLC0415
+    from .spec.errors import SpecError  # noqa: PLC0415
+    from .spec.units import UnitError, parse_quantity  # noqa: PLC0415
+
+    if kind not in KINDS:
+        raise SpecError(f"unknown collective {kind!r}", key="KIND",
+                        fix=f"use one of {', '.join(KINDS)}")
+    if algorithm not in ("ring", "tree"):
+        raise SpecError(f"unknown algorithm {algorithm!r}", key="--algorithm",
+                        fix="use ring or tree")
+    try:
+        nbytes = parse_quantity(size, "bytes")
+    except UnitError as exc:
+        raise SpecError(str(exc), key="--bytes", fix="e.g. --bytes 64MB") from None
+    if nbytes <= 0:
+        raise SpecError("must be positive", key="--bytes", fix="e.g. --bytes 64MB")
+    hw = load_hardware(hardware, file="command line", key="--hardware")
+    r = run_collective(hw, kind, gpus, nbytes, racks, algorithm)
+    if as_json:
+        typer.echo(json.dumps(r.to_json(), indent=2))
+        return
+    t = Table(title=f"{kind} on {gpus} x {hw.name} over {racks} domain(s)", show_header=False,
+              title_justify="left")
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    for k, v in (("per-GPU buffer", fq(nbytes, "B")), ("time", fq(r.time_s, "s")),
+                 ("of which latency", fq(r.latency_s, "s")),
+                 ("algorithm bandwidth", fq(r.algbw_bytes_per_s, "B/s")),
+                 ("bus bandwidth", fq(r.busbw_bytes_per_s, "B/s")),
+                 ("bottleneck", r.bottleneck)):
+        t.add_row(k, v)
+    out.print(t)
 
 
 @app.command()
@@ -155,6 +293,36 @@ def show_hardware(name: Annotated[str, typer.Argument(help="preset name or path"
     out.print(t)
     for s in hw.sources:
         out.print(f"source: {s}")
+
+
+@show_app.command("topology")
+def show_topology(
+    name: Annotated[str, typer.Argument(help="hardware preset or path")],
+    racks: Annotated[int, typer.Option(help="number of racks")] = 1,
+    export: Annotated[Optional[Path], typer.Option(
+        help="write the graph: .graphml (GraphML) or .json (node-link)")] = None,
+):
+    """Summarise the cluster graph built from a hardware design and a rack count."""
+    from .cluster.topology import build_cluster, export_graph  # noqa: PLC0415
+
+    if racks < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--racks")
+    hw = load_hardware(name, file="command line", key="NAME")
+    c = build_cluster(hw, racks)
+    sm = c.summary()
+    t = Table(title=f"{hw.name} x {racks} rack(s)", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    for k in ("gpus", "scale_up_domains", "leaves", "scale_out_topology", "oversubscription",
+              "links"):
+        t.add_row(k.replace("_", " "), str(sm[k]))
+    for tier, v in sm["tiers"].items():
+        t.add_row(f"{tier} links", f"{v['links']} ({fq(v['capacity_bytes_per_s'], 'B/s')} "
+                                   "total capacity)")
+    out.print(t)
+    if export is not None:
+        export_graph(c, str(export))
+        out.print(f"graph written to {export}")
 
 
 @show_app.command("presets")

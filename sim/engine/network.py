@@ -30,6 +30,12 @@ import simpy
 EPS = 1e-12
 
 
+def _tick(now: float) -> float:
+    """The smallest step the clock can take at `now` (a few float ulps): a flow with less
+    time than this left is finished, or it would never advance."""
+    return 4.0 * float(np.spacing(max(abs(now), 1.0)))
+
+
 @dataclass
 class Flow:
     links: np.ndarray          # link ids (unique)
@@ -51,6 +57,7 @@ class LinkStats:
     busy_integral: np.ndarray   # integral of utilisation dt
     saturated: np.ndarray       # time at capacity
     peak: np.ndarray            # highest utilisation seen
+    tier_saturated: np.ndarray  # per tier: time during which any of its links was at capacity
     series_t: list = field(default_factory=list)      # times the rates changed
     series_util: list = field(default_factory=list)   # per-tier mean utilisation from then
 
@@ -59,14 +66,16 @@ class Network:
     """Owns every active flow, their rates, and the link statistics."""
 
     def __init__(self, env: simpy.Environment, capacity: np.ndarray, tier: np.ndarray,
-                 record_series: bool = True):
+                 record_series: bool = True, stats_from: float = 0.0):
         self.env = env
+        self.stats_from = stats_from  # link integrals start here (the end of warm-up)
         self.capacity = np.asarray(capacity, dtype=float)
         self.tier = np.asarray(tier)
         n = len(self.capacity)
         self.n_tiers = int(self.tier.max()) + 1 if n else 0
         self.tier_links = np.bincount(self.tier, minlength=self.n_tiers) if n else np.zeros(0)
-        self.stats = LinkStats(np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n))
+        self.stats = LinkStats(np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n),
+                               np.zeros(self.n_tiers))
         self.flows: list[Flow] = []
         self._last = 0.0
         self._timer_version = 0
@@ -115,18 +124,16 @@ class Network:
         self._last = now
         if not self.flows:
             return
+        counted = min(dt, max(0.0, now - self.stats_from))
+        if counted > 0:
+            self._integrate(counted)
         if dt > 0:
-            st, u = self.stats, self._union
-            util = self._used / self.capacity[u]
-            st.bytes[u] += self._used * dt
-            st.busy_integral[u] += util * dt
-            st.saturated[u] += dt * (util >= 1 - 1e-9)
-            st.peak[u] = np.maximum(st.peak[u], util)
             for f in self.flows:
                 f.remaining -= f.rate * dt
         alive = []
+        tick = _tick(now)
         for f in self.flows:
-            if f.remaining <= 1e-9 or f.remaining <= f.rate * 1e-15:
+            if f.remaining <= 1e-9 or f.remaining <= f.rate * tick:
                 self.bytes_delivered += float(f.load.sum() * f.size)
                 f.done.succeed()
             else:
@@ -134,6 +141,18 @@ class Network:
         if len(alive) != len(self.flows):
             self.flows = alive
             self._solve()
+
+    def _integrate(self, dt: float) -> None:
+        """Add `dt` seconds at the current rates to the link statistics."""
+        st, u = self.stats, self._union
+        util = self._used / self.capacity[u]
+        st.bytes[u] += self._used * dt
+        st.busy_integral[u] += util * dt
+        full = util >= 1 - 1e-9
+        st.saturated[u] += dt * full
+        st.peak[u] = np.maximum(st.peak[u], util)
+        if full.any():
+            st.tier_saturated[np.unique(self.tier[u[full]])] += dt
 
     def _solve(self) -> None:
         """Progressive filling over the links the active flows touch; then set the timer."""
@@ -155,7 +174,7 @@ class Network:
         self._record()
         soonest = min(f.remaining / f.rate for f in flows)
         version = self._timer_version
-        ev = self.env.timeout(max(soonest, 0.0))
+        ev = self.env.timeout(max(soonest, _tick(self.env.now)))
         ev.callbacks.append(lambda _e: self._on_timer(version))
 
     def _solve_shared(self, flows: list[Flow]) -> None:

@@ -104,8 +104,9 @@ class Simulation:
         self.rng_routing = np.random.default_rng([seed, 3])
         self.cluster = build_cluster(s.hardware, s.racks)
         self.placement = place(self.cluster, s.layout, s.file)
-        self.net = Network(self.env, self.cluster.capacity, self.cluster.tier)
         lay, m = s.layout, s.model
+        self.net = Network(self.env, self.cluster.capacity, self.cluster.tier,
+                           stats_from=s.workload.warmup_s)
         self.costs = layer_costs(m, s.hardware, lay, s.spec.moe,
                                  s.spec.engine.activation_precision,
                                  s.spec.engine.attention_flops)

@@ -162,22 +162,29 @@ def check_feasible(s: Scenario) -> None:
         context = 0.0
     else:
         context = s.mean_context()
-    need = memory_per_gpu(m, lay, 1, context)
     have = hw.gpu.hbm_bytes
-    if need > have:
-        weights = weight_bytes_per_gpu(m, lay)
-        replica_need = m.weight_bytes
+    weights = weight_bytes_per_gpu(m, lay)
+    if weights > have:
         replica_have = have * lay.replica_gpus
-        min_gpus = math.ceil(replica_need / have)
+        min_gpus = math.ceil(m.weight_bytes / have)
         raise SpecError(
-            f"{m.name} needs {format_quantity(replica_need, 'B')} of weights per replica "
-            f"({format_quantity(weights, 'B')} per GPU on the largest stage, plus KV cache), "
-            f"but the {lay.replica_gpus} GPU(s) of one replica ({lay.describe()}) have "
-            f"{format_quantity(replica_have, 'B')} of HBM "
-            f"({format_quantity(have, 'B')} each)", file=file, key="layout",
+            f"{m.name} needs {format_quantity(m.weight_bytes, 'B')} of weights per replica "
+            f"({format_quantity(weights, 'B')} per GPU on the largest stage), but the "
+            f"{lay.replica_gpus} GPU(s) of one replica ({lay.describe()}) have "
+            f"{format_quantity(replica_have, 'B')} of HBM ({format_quantity(have, 'B')} each)",
+            file=file, key="layout",
             fix=f"spread a replica over at least {min_gpus} GPUs (raise expert_parallel, "
                 "tensor_parallel or pipeline_parallel), or use lower-precision weights "
                 "(model: {preset: NAME, weight_precision: fp4})")
+    need = memory_per_gpu(m, lay, 1, context)
+    if need > have:
+        raise SpecError(
+            f"one sequence per microbatch at the workload's mean context ({context:,.0f} "
+            f"tokens) needs {format_quantity(need - weights, 'B')} of KV cache per GPU on top "
+            f"of {format_quantity(weights, 'B')} of weights; each GPU has "
+            f"{format_quantity(have, 'B')}", file=file, key="workload",
+            fix="shorten prompt_tokens/output_tokens, or spread the model over more GPUs "
+                "(expert_parallel, tensor_parallel, pipeline_parallel)")
 
 
 # --------------------------------------------------------------------------- JSON Schema

@@ -1,0 +1,87 @@
+"""One collective alone on a fresh cluster (`racksim collective`), for comparison with
+nccl-tests or DeepEP measurements. Same network code path as a full simulation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+
+from ..cluster.topology import TIER_NAMES, build_cluster
+from ..spec.errors import SpecError
+from ..spec.hardware import Hardware
+from . import collectives as coll
+from .network import Network
+
+KINDS = ("all_to_all", "all_reduce", "send_recv")
+
+
+@dataclass(frozen=True)
+class CollectiveResult:
+    kind: str
+    gpus: int
+    domains: int
+    size_bytes: float
+    time_s: float
+    algbw_bytes_per_s: float
+    busbw_bytes_per_s: float
+    bottleneck: str
+    latency_s: float
+    bytes_sent: float
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def pick_gpus(hw: Hardware, gpus: int, domains: int) -> tuple[np.ndarray, int]:
+    """`gpus` GPUs spread evenly over `domains` scale-up domains; returns ids and racks."""
+    if gpus < 2:
+        raise SpecError("a collective needs at least 2 GPUs", key="--gpus", fix="use --gpus 2+")
+    if domains < 1 or gpus % domains:
+        raise SpecError(f"{gpus} GPUs do not spread evenly over {domains} domain(s)",
+                        key="--racks", fix="choose --gpus divisible by --racks")
+    per = gpus // domains
+    if per > hw.domain_gpus:
+        raise SpecError(f"{per} GPUs per domain exceed the {hw.domain_gpus}-GPU scale-up domain "
+                        f"of {hw.name}", key="--racks",
+                        fix=f"use --racks {math.ceil(gpus / hw.domain_gpus)} or more")
+    per_rack = hw.gpus_per_rack // hw.domain_gpus
+    racks = math.ceil(domains / per_rack)
+    ids = np.concatenate([d * hw.domain_gpus + np.arange(per) for d in range(domains)])
+    return ids, racks
+
+
+def run_collective(hw: Hardware, kind: str, gpus: int, size: float, domains: int = 1,
+                   algorithm: str = "ring") -> CollectiveResult:
+    ids, racks = pick_gpus(hw, gpus, domains)
+    cluster = build_cluster(hw, racks)
+    n = len(ids)
+    if kind == "all_to_all":  # nccl-tests: SIZE is the per-GPU buffer, SIZE/n to each peer
+        t = coll.all_to_all(cluster, ids, size / n)
+    elif kind == "all_reduce":
+        t = coll.all_reduce(cluster, ids, size, algorithm)
+    elif kind == "send_recv":  # nccl-tests sendrecv: rank r sends SIZE to rank r+1
+        t = coll.send_recv(cluster, ids, np.roll(ids, -1), size)
+    else:
+        raise SpecError(f"unknown collective {kind!r}", key="KIND", fix=f"use one of {KINDS}")
+    env = simpy.Environment()
+    net = Network(env, cluster.capacity, cluster.tier, record_series=False)
+
+    def proc():
+        yield env.timeout(t.latency)
+        yield net.transfer(t.links, t.load)
+
+    env.process(proc())
+    env.run()
+    total = env.now
+    fluid = total - t.latency
+    ratio = t.load / cluster.capacity[t.links]
+    tier = TIER_NAMES[int(cluster.tier[t.links[int(np.argmax(ratio))]])] if len(t.links) \
+        else "latency"
+    bottleneck = "latency" if t.latency >= fluid else tier
+    algbw = size / total if total > 0 else math.inf
+    return CollectiveResult(kind, n, domains, float(size), total, algbw,
+                            algbw * coll.BUS_FACTOR[kind](n), bottleneck, t.latency,
+                            t.bytes_sent)

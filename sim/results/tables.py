@@ -1,0 +1,177 @@
+"""From engine records to results-format.md: DataFrames (requests, GPUs, links, steps) and the
+summary dictionary. Statistics are computed here, once, at the end of a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..cluster.topology import TIER_NAMES
+from ..engine.serving import DONE, DROPPED
+from ..engine.simulation import EngineResult
+
+SECONDS_PER_HOUR = 3600.0
+STATUS = {0: "waiting", 1: "running", 2: "completed", 3: "dropped"}
+GPU_CATEGORIES = ("compute", "memory", "network", "bubble", "idle")
+
+
+@dataclass(frozen=True)
+class Tables:
+    summary: dict
+    requests: pd.DataFrame
+    gpus: pd.DataFrame
+    links: pd.DataFrame
+    steps: pd.DataFrame
+    link_series: pd.DataFrame
+
+
+def distribution(x: np.ndarray) -> dict:
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return {"p50": None, "p90": None, "p99": None, "mean": None, "count": 0}
+    p50, p90, p99 = np.percentile(x, [50, 90, 99])
+    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(x.mean()),
+            "count": int(len(x))}
+
+
+def requests_frame(res: EngineResult) -> pd.DataFrame:
+    r = res.requests
+    n = r.n
+    arrival, first, finish = r.arrival[:n], r.first_token[:n], r.finish[:n]
+    out = r.output[:n]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(out > 1, (finish - first) / (out - 1), np.nan)
+    return pd.DataFrame({
+        "request": np.arange(n), "replica": r.replica[:n], "arrival_s": arrival,
+        "admitted_s": r.admitted[:n], "first_token_s": first, "finish_s": finish,
+        "queue_wait_s": r.admitted[:n] - arrival, "ttft_s": first - arrival,
+        "tpot_s": tpot, "e2e_s": finish - arrival,
+        "prompt_tokens": r.prompt[:n], "output_tokens": out,
+        "status": pd.Categorical([STATUS[int(s)] for s in r.status[:n]],
+                                 categories=list(STATUS.values())),
+    })
+
+
+def gpus_frame(res: EngineResult) -> pd.DataFrame:
+    cl, g = res.cluster, res.gpu_time
+    role = np.full(cl.n_gpus, "", dtype=object)
+    replica = np.full(cl.n_gpus, -1)
+    stage = np.full(cl.n_gpus, -1)
+    rank = np.full(cl.n_gpus, -1)
+    pl = res.placement.gpus
+    for r in range(pl.shape[0]):
+        for s in range(pl.shape[1]):
+            replica[pl[r, s]], stage[pl[r, s]] = r, s
+            rank[pl[r, s]] = np.arange(pl.shape[2])
+    role[g["used"]] = "serving"
+    role[~g["used"]] = "unused"
+    df = pd.DataFrame({"gpu": np.arange(cl.n_gpus), "rack": cl.gpu_rack,
+                       "domain": cl.gpu_domain, "replica": replica, "stage": stage,
+                       "rank": rank, "role": role})
+    for c in GPU_CATEGORIES:
+        df[f"{c}_s"] = g[c]
+    return df
+
+
+def links_frame(res: EngineResult) -> pd.DataFrame:
+    cl, st = res.cluster, res.network.stats
+    window = res.window[1] - res.window[0]   # link integrals start at the end of warm-up
+    scale = 1.0 / window if window > 0 else 0.0
+    return pd.DataFrame({
+        "link": list(cl.link_names), "tier": [TIER_NAMES[t] for t in cl.tier],
+        "capacity_bytes_per_s": cl.capacity, "bytes_moved": st.bytes,
+        "mean_utilisation": st.busy_integral * scale,
+        "peak_utilisation": st.peak,
+        "saturated_fraction": st.saturated * scale,
+    })
+
+
+def steps_frame(res: EngineResult) -> pd.DataFrame:
+    df = pd.DataFrame(res.steps)
+    if len(df):
+        df["duration_s"] = df["end"] - df["start"]
+    return df
+
+
+def link_series_frame(res: EngineResult) -> pd.DataFrame:
+    st = res.network.stats
+    util = np.array(st.series_util).reshape(-1, len(TIER_NAMES)) if st.series_util else \
+        np.zeros((0, len(TIER_NAMES)))
+    df = pd.DataFrame(util, columns=list(TIER_NAMES[:util.shape[1]]))
+    df.insert(0, "time_s", st.series_t)
+    return df
+
+
+def summarise(res: EngineResult, req: pd.DataFrame, gpus: pd.DataFrame,
+              links: pd.DataFrame, steps: pd.DataFrame) -> dict:
+    s = res.scenario
+    t0, t1 = res.window
+    window = t1 - t0
+    done = (req["status"] == "completed") & (req["finish_s"] >= t0)
+    measured = done & (req["arrival_s"] >= t0)
+    dropped = (req["status"] == "dropped") & (req["arrival_s"] >= t0)
+    in_flight = req["status"].isin(["waiting", "running"])
+    used = gpus[gpus["role"] == "serving"]
+    frac = {c: float((used[f"{c}_s"] / window).mean()) if window > 0 else 0.0
+            for c in GPU_CATEGORIES}
+    gpu_count = s.layout.total_gpus
+    out_tps = res.output_tokens / window if window > 0 else 0.0
+    # per tier: mean over its links, highest peak, and the share of the window during which
+    # at least one of its links was at capacity (the tier was a bottleneck somewhere)
+    link_util = {}
+    tier_sat = res.network.stats.tier_saturated
+    for t, tier in enumerate(TIER_NAMES):
+        sub = links[links["tier"] == tier]
+        link_util[tier] = {
+            "mean": float(sub["mean_utilisation"].mean()) if len(sub) else 0.0,
+            "peak": float(sub["peak_utilisation"].max()) if len(sub) else 0.0,
+            "saturated_fraction": float(tier_sat[t] / window)
+            if window > 0 and t < len(tier_sat) else 0.0,
+        }
+    price = s.spec.price_per_gpu_hour
+    cost = (price * gpu_count / SECONDS_PER_HOUR / out_tps * 1e6
+            if price is not None and out_tps > 0 else None)
+    decode_steps = steps[steps["prefill_tokens"] == 0] if len(steps) else steps
+    in_window = decode_steps[decode_steps["start"] >= t0] if len(decode_steps) else decode_steps
+    stage_time = s.layout.pipeline_parallel * s.layout.data_parallel * window
+    return {
+        "name": s.spec.name,
+        "scenario": s.file,
+        "hardware": s.hardware.name, "racks": s.racks, "model": s.model.name,
+        "layout": s.layout.model_dump(), "gpus": gpu_count,
+        "window_s": [t0, t1],
+        "requests_arrived": int((req["arrival_s"] >= t0).sum()),
+        "requests_completed": int(done.sum()),
+        "requests_dropped": int(dropped.sum()),
+        "requests_in_flight": int(in_flight.sum()),
+        "output_tokens_per_s": out_tps,
+        "input_tokens_per_s": res.input_tokens / window if window > 0 else 0.0,
+        "tokens_per_s_per_gpu": out_tps / gpu_count,
+        "queue_wait_s": distribution(req.loc[measured, "queue_wait_s"]),
+        "ttft_s": distribution(req.loc[measured, "ttft_s"]),
+        "tpot_s": distribution(req.loc[measured, "tpot_s"]),
+        "e2e_s": distribution(req.loc[measured, "e2e_s"]),
+        "step_time_s": distribution(in_window["duration_s"] if len(in_window) else []),
+        "bubble_fraction": float(res.stage_bubble.sum() / stage_time) if stage_time else 0.0,
+        "gpu_time_fraction": frac,
+        "link_utilisation": link_util,
+        "cost_per_million_tokens": cost,
+        "kv_capacity_tokens_per_replica": (None if not np.isfinite(res.kv_capacity_tokens)
+                                           else float(res.kv_capacity_tokens)),
+        "bytes_by_collective": {k: v[1] for k, v in res.transfers.items()},
+        "network_solves": res.network.solves,
+        "sim_events": res.sim_events,
+        "wall_time_s": res.wall_time_s,
+    }
+
+
+def build_tables(res: EngineResult) -> Tables:
+    req = requests_frame(res)
+    gpus = gpus_frame(res)
+    links = links_frame(res)
+    steps = steps_frame(res)
+    return Tables(summarise(res, req, gpus, links, steps), req, gpus, links, steps,
+                  link_series_frame(res))

@@ -1,0 +1,72 @@
+"""Writing a run's results (results-format.md) into a folder, each file atomically."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from ..engine.simulation import EngineResult
+from .tables import Tables
+
+
+def atomic_write(path: Path, write) -> Path:
+    """Write via a temp file in the same folder and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _clean(x):
+    """JSON-safe: NaN and inf become null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def summary_json(summary: dict, deterministic: bool = False) -> str:
+    data = dict(summary)
+    if deterministic:
+        data["wall_time_s"] = None
+    return json.dumps(_clean(data), indent=2, sort_keys=False) + "\n"
+
+
+def _csv(df: pd.DataFrame, path: Path) -> Path:
+    return atomic_write(path, lambda p: df.to_csv(p, index=False, float_format="%.9g"))
+
+
+def write_results(res: EngineResult, tables: Tables, out: Path, *, plots: bool = True,
+                  trace: bool = True, fmt: str = "png") -> list[Path]:
+    out = Path(out)
+    written = [
+        atomic_write(out / "summary.json",
+                     lambda p: p.write_text(summary_json(tables.summary))),
+        _csv(tables.requests, out / "requests.csv"),
+        _csv(tables.gpus, out / "gpus.csv"),
+        _csv(tables.links, out / "links.csv"),
+        _csv(tables.steps, out / "steps.csv"),
+    ]
+    if trace:
+        from .trace import write_trace  # noqa: PLC0415
+
+        written.append(write_trace(res, tables, out / "trace.json"))
+    if plots:
+        from .plots import plot_run  # noqa: PLC0415
+
+        written.extend(plot_run(res, tables, out, fmt))
+    return written

@@ -1,0 +1,219 @@
+"""The discrete-event engine against closed forms, conservation laws and contention."""
+
+import copy
+
+import numpy as np
+import pytest
+
+from conftest import BASE, TOY_DENSE, TOY_MOE
+from sim import roofline as rf
+from sim.engine.simulation import simulate
+from sim.results.tables import build_tables
+from sim.spec import scenario_from_dict
+
+FAST_NET = {"scale_up": {"bandwidth_per_gpu": 1e18, "latency": 0.0},
+            "scale_out": {"bandwidth_per_gpu": 1e18, "latency": 0.0}}
+
+
+def make(hardware=None, model=None, layout=None, workload=None, batching=None, **top):
+    d = copy.deepcopy(BASE)
+    if hardware:
+        d["hardware"] = {**d["hardware"], **hardware}
+    if model is not None:
+        d["model"] = model
+    if layout is not None:
+        d["layout"] = layout
+    if workload:
+        d["workload"] = {**d["workload"], **workload}
+    if batching:
+        d["batching"] = batching
+    d.update(top)
+    return scenario_from_dict(d)
+
+
+def run(s):
+    res = simulate(s)
+    return res, build_tables(res)
+
+
+def saturated(concurrency, max_batch, duration=0.5, warmup=0.1, output=1000):
+    """Closed loop whose requests outlast the run: after the first, every step decodes.
+    (Admission reserves prompt + output tokens of KV, so `output` must fit.)"""
+    return dict(workload={"arrival": {"process": "closed", "concurrency": concurrency},
+                          "prompt_tokens": {"dist": "fixed", "value": 1},
+                          "output_tokens": {"dist": "fixed", "value": output},
+                          "duration_s": duration, "warmup_s": warmup},
+                batching={"policy": "continuous", "max_batch": max_batch})
+
+
+# ------------------------------------------------------------------ closed forms
+
+
+@pytest.mark.parametrize("p,m", [(2, 1), (2, 2), (4, 1), (4, 2), (4, 4), (4, 8)])
+def test_decode_pipeline_bubble(p, m):
+    """Bubble fraction 1 - min(m, p)/p when communication is negligible."""
+    s = make(hardware={**FAST_NET, "gpus_per_rack": 8}, model=TOY_DENSE, racks=1,
+             layout={"pipeline_parallel": p, "microbatches": m},
+             **saturated(concurrency=m * 16, max_batch=16))
+    _, t = run(s)
+    assert t.summary["bubble_fraction"] == pytest.approx(1 - min(m, p) / p, abs=0.03)
+
+
+def test_fixed_interval_queue_wait_is_uniform():
+    """A train every T at light load: waits uniform on [0, T], median T/2 within 10%."""
+    T = 0.02
+    s = make(hardware=FAST_NET, model=TOY_DENSE, racks=1, layout={"tensor_parallel": 8},
+             workload={"arrival": {"process": "poisson", "rate_per_s": 50},
+                       "prompt_tokens": {"dist": "fixed", "value": 8},
+                       "output_tokens": {"dist": "fixed", "value": 2},
+                       "duration_s": 30, "warmup_s": 1},
+             batching={"policy": "fixed_interval", "interval": T, "max_batch": 256})
+    _, t = run(s)
+    waits = t.requests.loc[t.requests.status == "completed", "queue_wait_s"].to_numpy()
+    assert len(waits) > 1000
+    assert np.median(waits) == pytest.approx(T / 2, rel=0.10)
+    assert waits.min() >= 0 and waits.max() <= T * (1 + 1e-9)
+    # uniform: the quartiles too
+    assert np.percentile(waits, [25, 75]) == pytest.approx([T / 4, 3 * T / 4], rel=0.15)
+
+
+def test_uncontended_decode_step_is_roofline_plus_communication():
+    """DeepSeek-V3 on one GB200 NVL72, EP 64, batch 256 (memory bound in every phase, every
+    expert hit): step = roofline step + per MoE layer (dispatch + combine) within 5%."""
+    d = copy.deepcopy(BASE)
+    d.update(hardware="gb200-nvl72", model="deepseek-v3", racks=1,
+             layout={"expert_parallel": 64}, engine={"attention_flops": False},
+             **saturated(concurrency=256, max_batch=256, duration=0.2, warmup=0.05,
+                         output=20000))
+    s = scenario_from_dict(d)
+    res, t = run(s)
+    steps = t.steps[(t.steps.start >= 0.05) & (t.steps.prefill_tokens == 0)]
+    measured = steps.duration_s.mean()
+    context = 1 + steps.index.size / 2  # prompt 1 token + about half the decode steps
+    roof = rf.evaluate(s.model, s.hardware, s.layout, 256, context).step_time_s
+    hw, m = s.hardware, s.model
+    G, k, h = 64, m.moe.top_k, m.hidden
+    copies_per_gpu = 256 / G * k * (G - 1) / G
+    dispatch = hw.scale_up.latency + copies_per_gpu * h * 1 / hw.scale_up.bandwidth_per_gpu
+    combine = hw.scale_up.latency + copies_per_gpu * h * 2 / hw.scale_up.bandwidth_per_gpu
+    expected = roof + m.moe.moe_layers * (dispatch + combine)
+    assert measured == pytest.approx(expected, rel=0.05)
+
+
+# ------------------------------------------------------------------ contention
+
+
+def test_ep_across_racks_saturates_scale_out():
+    """EP 16 over two 8-GPU racks crosses scale-out every layer; EP 8 inside a rack leaves
+    scale-out idle. With fast GPUs and slow scale-out the cross-rack step is several times
+    slower."""
+    moe16 = {**TOY_MOE, "moe": {"experts": 16, "top_k": 2, "moe_layers": 32}}
+    fast = {"gpu": {"flops": 1e17, "hbm_bytes": 80e9, "hbm_bandwidth": 1e14},
+            "scale_up": {"bandwidth_per_gpu": 900e9, "latency": 1e-6},
+            "scale_out": {"bandwidth_per_gpu": 25e9, "latency": 5e-6}}
+    common = dict(hardware=fast, model=moe16, racks=2,
+                  **saturated(concurrency=1024, max_batch=1024, duration=0.05, warmup=0.01))
+    _, cross = run(make(layout={"expert_parallel": 16}, **common))
+    _, inside = run(make(layout={"expert_parallel": 8, "data_parallel": 2,
+                                 "microbatches": 1}, **common))
+    assert cross.summary["link_utilisation"]["scale_out"]["peak"] == pytest.approx(1, abs=1e-6)
+    assert cross.summary["link_utilisation"]["scale_out"]["saturated_fraction"] > 0.5
+    assert inside.summary["link_utilisation"]["scale_out"]["peak"] == 0.0
+    assert cross.summary["step_time_s"]["mean"] > 3 * inside.summary["step_time_s"]["mean"]
+
+
+def test_skewed_routing_shows_as_waiting():
+    """Hot experts load some GPUs more: the group waits for the slowest, steps lengthen."""
+    common = dict(racks=1, layout={"expert_parallel": 8}, model=TOY_MOE,
+                  **saturated(concurrency=256, max_batch=256, duration=0.1, warmup=0.02))
+    _, uni = run(make(**common))
+    _, hot = run(make(moe={"routing": {"dist": "hot", "experts": [0], "share": 0.6}},
+                      **common))
+    assert hot.summary["step_time_s"]["mean"] > uni.summary["step_time_s"]["mean"]
+    assert hot.summary["gpu_time_fraction"]["network"] > \
+        uni.summary["gpu_time_fraction"]["network"]
+
+
+# ------------------------------------------------------------------ conservation
+
+
+@pytest.fixture(scope="module")
+def busy_run():
+    s = make(layout={"expert_parallel": 8, "pipeline_parallel": 2, "microbatches": 2},
+             workload={"arrival": {"process": "poisson", "rate_per_s": 300},
+                       "prompt_tokens": {"dist": "uniform", "low": 64, "high": 512},
+                       "output_tokens": {"dist": "lognormal", "mean_tokens": 40,
+                                         "sigma": 0.7, "max_tokens": 400},
+                       "duration_s": 1.0, "warmup_s": 0.2},
+             batching={"policy": "continuous", "max_batch": 64, "prefill": "chunked",
+                       "chunk_tokens": 1024},
+             moe={"routing": {"dist": "zipf", "exponent": 1.2}})
+    res = simulate(s)
+    return res, build_tables(res)
+
+
+def test_every_request_is_accounted_for(busy_run):
+    res, t = busy_run
+    req = t.requests
+    assert len(req) == res.requests.n
+    counts = req.status.value_counts()
+    assert counts.sum() == len(req)
+    done = req[req.status == "completed"]
+    assert (done.first_token_s >= done.admitted_s).all()
+    assert (done.admitted_s >= done.arrival_s).all()
+    assert (done.finish_s >= done.first_token_s).all()
+    sm = t.summary
+    arrived = (req.arrival_s >= res.window[0]).sum()
+    assert sm["requests_arrived"] == arrived
+    assert sm["requests_completed"] > 0
+
+
+def test_bytes_sent_equal_bytes_received(busy_run):
+    res, _ = busy_run
+    net = res.network
+    in_flight = sum(f.load.sum() * f.size * f.remaining for f in net.flows)
+    assert net.bytes_delivered + in_flight == pytest.approx(net.bytes_injected, rel=1e-9)
+
+
+def test_gpu_time_fractions_sum_to_one_and_utilisation_at_most_one(busy_run):
+    res, t = busy_run
+    frac = t.summary["gpu_time_fraction"]
+    assert sum(frac.values()) == pytest.approx(1.0, abs=1e-9)
+    assert all(v >= -1e-12 for v in frac.values())
+    window = res.window[1] - res.window[0]
+    used = t.gpus[t.gpus.role == "serving"]
+    per_gpu = used[[f"{c}_s" for c in ("compute", "memory", "network", "bubble", "idle")]]
+    assert np.allclose(per_gpu.sum(axis=1), window)
+    assert (t.links.peak_utilisation <= 1 + 1e-9).all()
+    assert (t.links.mean_utilisation <= 1 + 1e-9).all()
+
+
+def test_output_tokens_per_s_matches_requests(busy_run):
+    """Tokens counted by the engine equal tokens implied by request records (whole run)."""
+    res, t = busy_run
+    assert res.output_tokens > 0
+    assert t.summary["output_tokens_per_s"] * (res.window[1] - res.window[0]) == \
+        pytest.approx(res.output_tokens)
+
+
+# ------------------------------------------------------------------ determinism
+
+
+def test_same_seed_same_files(tmp_path):
+    from sim.results.write import write_results
+
+    s = make(layout={"expert_parallel": 8}, racks=1,
+             workload={"duration_s": 0.3, "warmup_s": 0.05, "arrival": {
+                 "process": "poisson", "rate_per_s": 200}},
+             moe={"routing": {"dist": "zipf", "exponent": 1.0}})
+    outs = []
+    for k in range(2):
+        res = simulate(s)
+        t = build_tables(res)
+        t.summary["wall_time_s"] = None
+        write_results(res, t, tmp_path / str(k), plots=False)
+        outs.append(tmp_path / str(k))
+    files = sorted(p.name for p in outs[0].iterdir())
+    assert "summary.json" in files and "requests.csv" in files
+    for name in files:
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
