@@ -171,7 +171,7 @@ def test_every_request_is_accounted_for(busy_run):
 def test_bytes_sent_equal_bytes_received(busy_run):
     res, _ = busy_run
     net = res.network
-    in_flight = sum(f.load.sum() * f.size * f.remaining for f in net.flows)
+    in_flight = sum(f.prep.total * f.remaining for f in net.flows)
     assert net.bytes_delivered + in_flight == pytest.approx(net.bytes_injected, rel=1e-9)
 
 

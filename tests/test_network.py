@@ -132,7 +132,7 @@ def test_max_min_gives_spare_capacity_to_unconstrained_flow():
     env.process(go("C", [0], [1]))
     env.process(go("B", [1], [1]))
     env.run(until=1e-9)
-    rates = {f.label or i: f.rate * f.size for i, f in enumerate(net.flows)}
+    rates = {i: f.rate * f.prep.size for i, f in enumerate(net.flows)}
     # link 0 (cap 1) shared by A and C: 0.5 each; B gets the rest of link 1: 1.5
     assert sorted(rates.values()) == pytest.approx([0.5, 0.5, 1.5])
 

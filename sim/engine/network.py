@@ -24,37 +24,53 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import math
+
 import numpy as np
 import simpy
 
 EPS = 1e-12
+SATURATED = 1 - 1e-9   # utilisation counted as "at capacity"
 
 
 def _tick(now: float) -> float:
     """The smallest step the clock can take at `now` (a few float ulps): a flow with less
     time than this left is finished, or it would never advance."""
-    return 4.0 * float(np.spacing(max(abs(now), 1.0)))
+    return 4.0 * math.ulp(max(abs(now), 1.0))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A transfer's loads, normalised once and reusable for many identical flows (every MoE
+    layer of a step sends the same pattern). Everything that does not depend on other flows
+    is precomputed here."""
+
+    links: np.ndarray          # unique link ids
+    load: np.ndarray           # bytes per link / size (most loaded link = 1)
+    size: float                # bytes on the most loaded link
+    total: float               # bytes over all links
+    tier_weight: np.ndarray    # per tier: sum of load x size / capacity
+    alone_bps: float           # bytes/s on its most loaded link when alone
+    alone_util: np.ndarray     # utilisation of its links when alone
+    alone_sat: np.ndarray      # its bottleneck links (saturated when alone)
+    alone_sat_tiers: np.ndarray
 
 
 @dataclass
 class Flow:
-    links: np.ndarray          # link ids (unique)
-    load: np.ndarray           # bytes on each link / size (the most loaded link has 1)
-    size: float                # bytes on the flow's most loaded link
+    prep: Prepared
     label: str
     done: simpy.Event
-    tier_weight: np.ndarray    # per tier: sum of load x size / capacity (for the series)
     remaining: float = 1.0     # fraction of the flow still to move
     rate: float = 0.0          # fraction per second
-    start: float = 0.0
+    counted: float = 0.0       # fraction moved inside the statistics window
 
 
 @dataclass
 class LinkStats:
-    """Time integrals per link, accumulated as the fluid advances."""
+    """Per-link statistics over the window (from `stats_from` on)."""
 
-    bytes: np.ndarray
-    busy_integral: np.ndarray   # integral of utilisation dt
+    bytes: np.ndarray           # bytes moved; mean utilisation = bytes / (capacity x window)
     saturated: np.ndarray       # time at capacity
     peak: np.ndarray            # highest utilisation seen
     tier_saturated: np.ndarray  # per tier: time during which any of its links was at capacity
@@ -68,54 +84,82 @@ class Network:
     def __init__(self, env: simpy.Environment, capacity: np.ndarray, tier: np.ndarray,
                  record_series: bool = True, stats_from: float = 0.0):
         self.env = env
-        self.stats_from = stats_from  # link integrals start here (the end of warm-up)
+        self.stats_from = stats_from  # statistics start here (the end of warm-up)
         self.capacity = np.asarray(capacity, dtype=float)
         self.tier = np.asarray(tier)
         n = len(self.capacity)
         self.n_tiers = int(self.tier.max()) + 1 if n else 0
         self.tier_links = np.bincount(self.tier, minlength=self.n_tiers) if n else np.zeros(0)
-        self.stats = LinkStats(np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n),
-                               np.zeros(self.n_tiers))
+        self.stats = LinkStats(np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(self.n_tiers))
         self.flows: list[Flow] = []
         self._last = 0.0
         self._timer_version = 0
         self._record_series = record_series
-        # cached between solves: the links in use and the bytes/s on each
+        # set by each solve, used until the next: links in use, their utilisation, and the
+        # saturated links and tiers
         self._union = np.zeros(0, dtype=np.int64)
-        self._used = np.zeros(0)
+        self._util = np.zeros(0)
+        self._sat = np.zeros(0, dtype=np.int64)
+        self._sat_tiers = np.zeros(0, dtype=np.int64)
+        self._peak_pending = False
         self.solves = 0
         self.bytes_injected = 0.0
         self.bytes_delivered = 0.0
 
     # ------------------------------------------------------------------ public
 
-    def transfer(self, links: np.ndarray, load: np.ndarray, label: str = "") -> simpy.Event:
-        """Start a flow now (links must be unique); the event fires when its last byte
-        arrives."""
-        done = self.env.event()
+    def prepare(self, links: np.ndarray, load: np.ndarray) -> Prepared | None:
+        """Normalise a transfer's loads (links must be unique); None if it moves nothing."""
         load = np.asarray(load, dtype=float)
         keep = load > 0
         links, load = np.asarray(links, dtype=np.int64)[keep], load[keep]
         if len(links) == 0:
+            return None
+        cap = self.capacity[links]
+        size = float(load.max())
+        drain = load / cap                      # seconds per link when alone at full rate
+        slowest = float(drain.max())
+        alone_util = drain / slowest
+        sat = links[alone_util >= SATURATED]
+        return Prepared(links, load / size, size, float(load.sum()),
+                        np.bincount(self.tier[links], weights=drain, minlength=self.n_tiers),
+                        size / slowest, alone_util, sat, np.unique(self.tier[sat]))
+
+    def start(self, prep: Prepared | None, label: str = "") -> simpy.Event:
+        """Start a prepared flow now; the event fires when its last byte arrives."""
+        done = self.env.event()
+        if prep is None:
             done.succeed()
             return done
-        size = float(load.max())
-        self.bytes_injected += float(load.sum())
-        weight = np.bincount(self.tier[links], weights=load / self.capacity[links],
-                             minlength=self.n_tiers)
+        self.bytes_injected += prep.total
         self._advance()
-        self.flows.append(Flow(links, load / size, size, label, done, weight,
-                               start=self.env.now))
+        self.flows.append(Flow(prep, label, done))
         self._solve()
         return done
+
+    def transfer(self, links: np.ndarray, load: np.ndarray, label: str = "") -> simpy.Event:
+        """prepare() and start() in one call."""
+        return self.start(self.prepare(links, load), label)
 
     def utilisation(self) -> np.ndarray:
         """Current utilisation of every link (0..1)."""
         util = np.zeros_like(self.capacity)
-        util[self._union] = self._used / self.capacity[self._union]
+        util[self._union] = self._util
         return util
 
+    def finish_stats(self) -> None:
+        """Bring the statistics up to now and count the bytes of flows still moving."""
+        self._advance()
+        for f in self.flows:
+            self._count_bytes(f)
+            f.counted = 0.0
+
     # ------------------------------------------------------------------ mechanics
+
+    def _count_bytes(self, f: Flow) -> None:
+        if f.counted > 0:
+            p = f.prep
+            self.stats.bytes[p.links] += p.load * (p.size * f.counted)
 
     def _advance(self) -> None:
         """Move every flow forward to now; retire finished ones."""
@@ -124,17 +168,27 @@ class Network:
         self._last = now
         if not self.flows:
             return
-        counted = min(dt, max(0.0, now - self.stats_from))
-        if counted > 0:
-            self._integrate(counted)
         if dt > 0:
+            counted = min(dt, max(0.0, now - self.stats_from))
             for f in self.flows:
                 f.remaining -= f.rate * dt
+                f.counted += f.rate * counted
+            if counted > 0:
+                st = self.stats
+                if len(self._sat):
+                    st.saturated[self._sat] += counted
+                    st.tier_saturated[self._sat_tiers] += counted
+                if self._peak_pending:
+                    u = self._union
+                    st.peak[u] = np.maximum(st.peak[u], self._util)
+                    self._peak_pending = False
         alive = []
         tick = _tick(now)
         for f in self.flows:
             if f.remaining <= 1e-9 or f.remaining <= f.rate * tick:
-                self.bytes_delivered += float(f.load.sum() * f.size)
+                f.counted += max(f.remaining, 0.0) if now > self.stats_from else 0.0
+                self._count_bytes(f)
+                self.bytes_delivered += f.prep.total
                 f.done.succeed()
             else:
                 alive.append(f)
@@ -142,33 +196,23 @@ class Network:
             self.flows = alive
             self._solve()
 
-    def _integrate(self, dt: float) -> None:
-        """Add `dt` seconds at the current rates to the link statistics."""
-        st, u = self.stats, self._union
-        util = self._used / self.capacity[u]
-        st.bytes[u] += self._used * dt
-        st.busy_integral[u] += util * dt
-        full = util >= 1 - 1e-9
-        st.saturated[u] += dt * full
-        st.peak[u] = np.maximum(st.peak[u], util)
-        if full.any():
-            st.tier_saturated[np.unique(self.tier[u[full]])] += dt
-
     def _solve(self) -> None:
-        """Progressive filling over the links the active flows touch; then set the timer."""
+        """Rates by progressive filling; then the timer for the next completion."""
         flows = self.flows
         self._timer_version += 1
+        self._peak_pending = bool(flows)
         if not flows:
-            self._union = np.zeros(0, dtype=np.int64)
-            self._used = np.zeros(0)
+            self._union = self._sat = self._sat_tiers = np.zeros(0, dtype=np.int64)
+            self._util = np.zeros(0)
             self._record()
             return
         self.solves += 1
-        if len(flows) == 1:  # alone: limited by its most loaded link relative to capacity
+        if len(flows) == 1:  # alone: everything was precomputed in prepare()
             f = flows[0]
-            bps = float(np.min(self.capacity[f.links] / f.load))
-            f.rate = bps / f.size
-            self._union, self._used = f.links, f.load * bps
+            p = f.prep
+            f.rate = p.alone_bps / p.size
+            self._union, self._util = p.links, p.alone_util
+            self._sat, self._sat_tiers = p.alone_sat, p.alone_sat_tiers
         else:
             self._solve_shared(flows)
         self._record()
@@ -178,12 +222,12 @@ class Network:
         ev.callbacks.append(lambda _e: self._on_timer(version))
 
     def _solve_shared(self, flows: list[Flow]) -> None:
-        links = np.unique(np.concatenate([f.links for f in flows]))
+        links = np.unique(np.concatenate([f.prep.links for f in flows]))
         n_f, n_l = len(flows), len(links)
         # a[i, j]: bytes flow i puts on link j per byte/s on its own most loaded link
         a = np.zeros((n_f, n_l))
         for i, f in enumerate(flows):
-            a[i, np.searchsorted(links, f.links)] = f.load
+            a[i, np.searchsorted(links, f.prep.links)] = f.prep.load
         cap = self.capacity[links]
         residual = cap.copy()
         bps = np.zeros(n_f)
@@ -201,15 +245,18 @@ class Network:
                 newly = active & (a[:, j] > EPS)
             active &= ~newly
         for f, b in zip(flows, bps):
-            f.rate = b / f.size
-        self._union, self._used = links, bps @ a
+            f.rate = b / f.prep.size
+        util = (bps @ a) / cap
+        self._union, self._util = links, util
+        self._sat = links[util >= SATURATED]
+        self._sat_tiers = np.unique(self.tier[self._sat])
 
     def _record(self) -> None:
         if not self._record_series:
             return
         util = np.zeros(self.n_tiers)
         for f in self.flows:
-            util += f.tier_weight * f.rate
+            util += f.prep.tier_weight * (f.rate * f.prep.size)
         st = self.stats
         st.series_t.append(self.env.now)
         st.series_util.append(util / np.maximum(self.tier_links, 1))

@@ -348,11 +348,16 @@ class Simulation:
 
     # ------------------------------------------------------------------ a stage
 
-    def _transfer(self, kind: str, t: coll.Transfer):
+    def _prepare(self, t: coll.Transfer):
+        """A transfer reused by every layer of a stage-step: normalised once."""
+        return t, self.net.prepare(t.links, t.load)
+
+    def _transfer(self, kind: str, prepared):
+        t, prep = prepared
         rec = self.transfers.setdefault(kind, [0, 0.0])
         rec[0] += 1
         rec[1] += t.bytes_sent
-        return self.net.transfer(t.links, t.load, kind)
+        return self.net.start(prep, kind)
 
     def _run_stage(self, r: int, s: int, j: int, plan, detail: bool):
         env, c, cl = self.env, self.costs, self.cluster
@@ -376,11 +381,12 @@ class Simulation:
             comp = comp + exp_t * exp_cb * n_moe
             mem = mem + exp_t * ~exp_cb * n_moe
             if ep > 1:
-                disp = coll.pair_loads(cl, gpus, dispatch_matrix(c, routing, c.dispatch_bytes))
-                comb = coll.pair_loads(cl, gpus,
-                                       dispatch_matrix(c, routing, c.combine_bytes).T)
+                disp = self._prepare(coll.pair_loads(
+                    cl, gpus, dispatch_matrix(c, routing, c.dispatch_bytes)))
+                comb = self._prepare(coll.pair_loads(
+                    cl, gpus, dispatch_matrix(c, routing, c.combine_bytes).T))
         if tp > 1:
-            ar = self._tp_all_reduce(gpus, group_tokens)
+            ar = self._prepare(self._tp_all_reduce(gpus, group_tokens))
         t_dense = float(dense_t.max())
         t_exp = float(exp_t.max()) if exp_t is not None else 0.0
         start = env.now
@@ -396,27 +402,27 @@ class Simulation:
         for is_moe in moe:
             delay += t_dense
             if tp > 1:
-                yield env.timeout(delay + ar.latency)
+                yield env.timeout(delay + ar[0].latency)
                 delay = 0.0
                 phase("attention")
                 yield self._transfer("all_reduce", ar)
                 phase("all_reduce")
             if is_moe:
                 if ep > 1:
-                    yield env.timeout(delay + disp.latency)
+                    yield env.timeout(delay + disp[0].latency)
                     delay = 0.0
                     phase("attention")
                     yield self._transfer("dispatch", disp)
                     phase("dispatch")
                 delay += t_exp
                 if ep > 1:
-                    yield env.timeout(delay + comb.latency)
+                    yield env.timeout(delay + comb[0].latency)
                     delay = 0.0
                     phase("experts")
                     yield self._transfer("combine", comb)
                     phase("combine")
                 if tp > 1:
-                    yield env.timeout(delay + ar.latency)
+                    yield env.timeout(delay + ar[0].latency)
                     delay = 0.0
                     phase("experts")
                     yield self._transfer("all_reduce", ar)
@@ -447,7 +453,7 @@ class Simulation:
         t = coll.send_recv(self.cluster, a, b, size)
         if t.latency:
             yield self.env.timeout(t.latency)
-        yield self._transfer("send_recv", t)
+        yield self._transfer("send_recv", self._prepare(t))
 
     def _account(self, r, s, j, gpus, start, end, comp, mem) -> None:
         rows = self.stage_rows
@@ -488,7 +494,7 @@ class Simulation:
         return self._result(end, time.perf_counter() - wall0)
 
     def _result(self, end: float, wall: float) -> EngineResult:
-        self.net._advance()  # bring link integrals up to the end
+        self.net.finish_stats()  # bring link statistics up to the end
         window = end - self.warmup
         n = self.cluster.n_gpus
         busy = self.stage_busy

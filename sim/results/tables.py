@@ -83,7 +83,7 @@ def links_frame(res: EngineResult) -> pd.DataFrame:
     return pd.DataFrame({
         "link": list(cl.link_names), "tier": [TIER_NAMES[t] for t in cl.tier],
         "capacity_bytes_per_s": cl.capacity, "bytes_moved": st.bytes,
-        "mean_utilisation": st.busy_integral * scale,
+        "mean_utilisation": st.bytes / cl.capacity * scale,
         "peak_utilisation": st.peak,
         "saturated_fraction": st.saturated * scale,
     })

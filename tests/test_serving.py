@@ -1,0 +1,124 @@
+"""Serving paths: request traces, separate prefill, KV admission, CLI end to end."""
+
+import copy
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import BASE
+from sim import cli
+from sim.engine.simulation import simulate
+from sim.results.tables import build_tables
+from sim.spec import scenario_from_dict
+from sim.spec.errors import SpecError
+
+
+def scenario(tmp_path=None, **over):
+    d = copy.deepcopy(BASE)
+    d["racks"] = 1
+    d["layout"] = {"expert_parallel": 8}
+    d.update(over)
+    return scenario_from_dict(d, base_dir=tmp_path or __import__("pathlib").Path("."))
+
+
+def test_trace_arrivals_are_replayed_exactly(tmp_path):
+    rows = [(0.001 * i, 10 + i, 1 + i % 5) for i in range(50)]
+    (tmp_path / "t.csv").write_text(
+        "arrival_s,prompt_tokens,output_tokens\n" + "\n".join(f"{a},{p},{o}" for a, p, o in rows))
+    s = scenario(tmp_path, workload={
+        "arrival": {"process": "trace", "path": "t.csv"},
+        "prompt_tokens": {"dist": "trace"}, "output_tokens": {"dist": "trace"},
+        "duration_s": 1.0, "warmup_s": 0.0})
+    t = build_tables(simulate(s))
+    req = t.requests
+    assert np.allclose(req.arrival_s, [r[0] for r in rows])
+    assert list(req.prompt_tokens) == [r[1] for r in rows]
+    assert list(req.output_tokens) == [r[2] for r in rows]
+    assert (req.status == "completed").all()
+    assert t.summary["input_tokens_per_s"] * 1.0 == pytest.approx(sum(r[1] for r in rows))
+
+
+@pytest.mark.parametrize("content,words", [
+    ("arrival_s,prompt_tokens\n0,1\n", "lacks column"),
+    ("arrival_s,prompt_tokens,output_tokens\n0.5,1,1\n0.1,1,1\n", "goes backwards"),
+    ("arrival_s,prompt_tokens,output_tokens\n-1,1,1\n", "negative"),
+    ("arrival_s,prompt_tokens,output_tokens\n0,0,1\n", "whole number"),
+    ("arrival_s,prompt_tokens,output_tokens\n0,x,1\n", "cannot read"),
+    ("arrival_s,prompt_tokens,output_tokens\n", "no rows"),
+])
+def test_bad_traces_are_clear_errors(tmp_path, content, words):
+    (tmp_path / "t.csv").write_text(content)
+    s = scenario(tmp_path, workload={
+        "arrival": {"process": "trace", "path": "t.csv"},
+        "prompt_tokens": {"dist": "trace"}, "output_tokens": {"dist": "trace"},
+        "duration_s": 1.0})
+    with pytest.raises(SpecError, match=words):
+        simulate(s)
+
+
+def test_separate_prefill_steps_carry_no_decode():
+    s = scenario(batching={"policy": "continuous", "max_batch": 32, "prefill": "separate"},
+                 workload={**BASE["workload"], "duration_s": 0.3, "warmup_s": 0.0,
+                           "arrival": {"process": "poisson", "rate_per_s": 200}})
+    t = build_tables(simulate(s))
+    st = t.steps
+    mixed = st[(st.prefill_tokens > 0) & (st.tokens > st.prefill_tokens)]
+    assert len(mixed) == 0
+    assert (st.prefill_tokens > 0).any() and (st.prefill_tokens == 0).any()
+
+
+def test_chunked_prefill_respects_chunk_budget():
+    s = scenario(batching={"policy": "continuous", "max_batch": 32, "chunk_tokens": 512},
+                 workload={**BASE["workload"], "duration_s": 0.3, "warmup_s": 0.0})
+    st = build_tables(simulate(s)).steps
+    assert st.prefill_tokens.max() <= 512
+
+
+def test_kv_capacity_bounds_admission():
+    """A model whose KV fills HBM after a few sequences: in-flight sequences never exceed it."""
+    model = {**BASE["model"], "kv_bytes_per_token": 2e6}
+    s = scenario(model=model, batching={"policy": "continuous", "max_batch": 1024},
+                 workload={"arrival": {"process": "closed", "concurrency": 200},
+                           "prompt_tokens": {"dist": "fixed", "value": 1000},
+                           "output_tokens": {"dist": "fixed", "value": 1000},
+                           "duration_s": 0.2})
+    res = simulate(s)
+    cap = res.kv_capacity_tokens
+    assert 0 < cap < 200 * 2000
+    running = build_tables(res).requests.query("status == 'running'")
+    assert (running.prompt_tokens + running.output_tokens).sum() <= cap
+
+
+def test_run_cli_writes_every_result_file(tmp_path, monkeypatch, capsys, write_yaml):
+    d = copy.deepcopy(BASE)
+    d["workload"] = {**d["workload"], "duration_s": 0.2, "warmup_s": 0.02}
+    path = write_yaml(d)
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["racksim", "run", str(path), "--out", str(out)])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code in (0, None), capsys.readouterr().err
+    for name in ("summary.json", "requests.csv", "gpus.csv", "links.csv", "trace.json",
+                 "latency_cdf.png", "pipeline_timeline.png", "link_utilisation.png"):
+        assert (out / name).stat().st_size > 0, name
+    sm = json.loads((out / "summary.json").read_text())
+    for key in ("requests_completed", "requests_dropped", "output_tokens_per_s",
+                "input_tokens_per_s", "tokens_per_s_per_gpu", "queue_wait_s", "ttft_s",
+                "tpot_s", "e2e_s", "step_time_s", "bubble_fraction", "gpu_time_fraction",
+                "link_utilisation", "cost_per_million_tokens", "sim_events", "wall_time_s"):
+        assert key in sm, key
+    assert set(sm["ttft_s"]) >= {"p50", "p90", "p99", "mean"}
+    assert "requests completed" in capsys.readouterr().out
+
+
+def test_collective_cli_json(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["racksim", "collective", "all_to_all", "--hardware",
+                                      "hgx-h800", "--gpus", "16", "--racks", "2", "--bytes",
+                                      "64MB", "--json"])
+    with pytest.raises(SystemExit):
+        cli.main()
+    data = json.loads(capsys.readouterr().out)
+    assert {"time_s", "algbw_bytes_per_s", "busbw_bytes_per_s", "bottleneck"} <= set(data)
+    assert data["algbw_bytes_per_s"] == pytest.approx(64e6 / data["time_s"])
