@@ -100,6 +100,25 @@ def test_uncontended_decode_step_is_roofline_plus_communication():
     assert measured == pytest.approx(expected, rel=0.05)
 
 
+def test_uncontended_dense_tp_step_is_roofline_plus_all_reduces():
+    """Dense model, TP 8 in one domain, memory bound: step = roofline + per layer two ring
+    all-reduces of the batch's activations, 2(n-1)/n x size / bw + 2(n-1) alpha each."""
+    b, n = 64, 8
+    s = make(model=TOY_DENSE, racks=1, layout={"tensor_parallel": n},
+             engine={"attention_flops": False},
+             **saturated(concurrency=b, max_batch=b, duration=0.3, warmup=0.05))
+    _, t = run(s)
+    steps = t.steps[(t.steps.start >= 0.05) & (t.steps.prefill_tokens == 0)]
+    context = 1 + len(t.steps) / 2
+    roof = rf.evaluate(s.model, s.hardware, s.layout, b, context).step_time_s
+    hw = s.hardware
+    size = b * s.model.hidden * 2  # BF16 activations of the whole batch on every TP GPU
+    ar = 2 * (n - 1) / n * size / hw.scale_up.bandwidth_per_gpu + 2 * (n - 1) * \
+        hw.scale_up.latency
+    expected = roof + s.model.layers * 2 * ar
+    assert steps.duration_s.mean() == pytest.approx(expected, rel=0.05)
+
+
 # ------------------------------------------------------------------ contention
 
 

@@ -138,7 +138,7 @@ class Simulation:
             "replica", "stage", "microbatch", "start", "end")}
         self.phases: list[tuple] = []
         self.detail_steps = s.spec.engine.trace_detail_steps
-        self.steps_started = 0
+        self.steps_detailed = 0   # steps after warm-up whose phases go in the trace
         self.output_tokens = 0
         self.input_tokens = 0
         self.transfers: dict[str, list] = {}
@@ -307,9 +307,8 @@ class Simulation:
                 continue
             plan = slot.plan(self.prefill, self.chunk)
             start = env.now
-            step_no = self.steps_started
-            self.steps_started += 1
-            detail = step_no < self.detail_steps
+            detail = start >= self.warmup and self.steps_detailed < self.detail_steps
+            self.steps_detailed += detail
             self.inflight[r].change(start, +1)
             for s in range(self.P):
                 with self.stages[r][s].request() as hold:
@@ -365,9 +364,9 @@ class Simulation:
         G, ep, tp = c.G, c.ep, c.tp
         group_tokens = np.repeat(split_tokens(plan.tokens, ep), tp).astype(float)
         share = group_tokens / max(plan.tokens, 1)
-        # each EP rank's attention group holds an even share of the step's sequences
-        dense_t, dense_cb = c.dense_phase(group_tokens, share * plan.kv_tokens * tp,
-                                          share * plan.attn_pairs * tp)
+        # each EP rank's attention group (its TP GPUs) holds an even share of the sequences
+        dense_t, dense_cb = c.dense_phase(group_tokens, share * plan.kv_tokens,
+                                          share * plan.attn_pairs)
         moe = self.stage_moe[s]
         n_moe = int(moe.sum())
         n_layers = len(moe)
@@ -399,6 +398,9 @@ class Simulation:
                 self.phases.append((r, s, name, mark, env.now))
             mark = env.now
 
+        # Per layer: attention (+ dense MLP), then for MoE layers dispatch, experts, combine.
+        # Tensor parallelism all-reduces after attention and after the MLP/experts
+        # (Megatron-style: two per layer). Timeouts between collectives are merged.
         for is_moe in moe:
             delay += t_dense
             if tp > 1:
@@ -421,12 +423,12 @@ class Simulation:
                     phase("experts")
                     yield self._transfer("combine", comb)
                     phase("combine")
-                if tp > 1:
-                    yield env.timeout(delay + ar[0].latency)
-                    delay = 0.0
-                    phase("experts")
-                    yield self._transfer("all_reduce", ar)
-                    phase("all_reduce")
+            if tp > 1:
+                yield env.timeout(delay + ar[0].latency)
+                delay = 0.0
+                phase("experts" if is_moe else "mlp")
+                yield self._transfer("all_reduce", ar)
+                phase("all_reduce")
         if delay > 0:
             yield env.timeout(delay)
             phase("compute")

@@ -50,4 +50,4 @@ class EngineOptions(Spec):
         True, description="count attention's per-context-token FLOPs (the closed form omits "
                           "them; they matter only when compute bound)")
     trace_detail_steps: NonNegativeInt = Field(
-        20, description="steps whose layers and collectives appear in trace.json")
+        20, description="steps after warm-up whose layers and collectives appear in trace.json")
