@@ -120,7 +120,7 @@ def _summary_table(sm: dict) -> Table:
     def dist(d, unit="s"):
         if not d or d.get("p50") is None:
             return "n/a"
-        return f"p50 {fq(d['p50'], unit)}  p90 {fq(d['p90'], unit)}  p99 {fq(d['p99'], unit)}"
+        return f"{fq(d['p50'], unit)} / {fq(d['p90'], unit)} / {fq(d['p99'], unit)}"
 
     t = Table(title=sm["name"] or sm["scenario"], show_header=False, title_justify="left")
     t.add_column(style="bold")
@@ -128,27 +128,27 @@ def _summary_table(sm: dict) -> Table:
     lu = sm["link_utilisation"]
     g = sm["gpu_time_fraction"]
     rows = [
-        ("requests completed / dropped / in flight",
+        ("requests done / dropped / in flight",
          f"{sm['requests_completed']:,} / {sm['requests_dropped']:,} / "
          f"{sm['requests_in_flight']:,}"),
         ("output tokens/s (per GPU)",
          f"{sm['output_tokens_per_s']:,.0f} ({sm['tokens_per_s_per_gpu']:,.1f})"),
         ("input tokens/s", f"{sm['input_tokens_per_s']:,.0f}"),
-        ("queue wait", dist(sm["queue_wait_s"])),
-        ("time to first token", dist(sm["ttft_s"])),
-        ("time per output token", dist(sm["tpot_s"])),
-        ("end to end", dist(sm["e2e_s"])),
-        ("decode step", dist(sm["step_time_s"])),
+        ("queue wait p50/p90/p99", dist(sm["queue_wait_s"])),
+        ("TTFT p50/p90/p99", dist(sm["ttft_s"])),
+        ("TPOT p50/p90/p99", dist(sm["tpot_s"])),
+        ("end to end p50/p90/p99", dist(sm["e2e_s"])),
+        ("decode step p50/p90/p99", dist(sm["step_time_s"])),
         ("pipeline bubble fraction", f"{sm['bubble_fraction']:.3f}"),
-        ("GPU time compute/memory/network/bubble/idle",
+        ("GPU time cmp/mem/net/bub/idle",
          " / ".join(f"{g[k]:.2f}" for k in ("compute", "memory", "network", "bubble", "idle"))),
-        ("scale-up util mean / peak / saturated",
+        ("scale-up mean/peak/saturated",
          f"{lu['scale_up']['mean']:.2f} / {lu['scale_up']['peak']:.2f} / "
          f"{lu['scale_up']['saturated_fraction']:.2f}"),
-        ("scale-out util mean / peak / saturated",
+        ("scale-out mean/peak/saturated",
          f"{lu['scale_out']['mean']:.2f} / {lu['scale_out']['peak']:.2f} / "
          f"{lu['scale_out']['saturated_fraction']:.2f}"),
-        ("$ per million output tokens", "n/a (no price_per_gpu_hour)"
+        ("$ per million output tokens", "n/a (no price given)"
          if sm["cost_per_million_tokens"] is None else f"${sm['cost_per_million_tokens']:,.3f}"),
         ("simulation", f"{sm['sim_events']:,} events in {sm['wall_time_s']:.1f} s wall"),
     ]

@@ -110,7 +110,7 @@ def test_run_cli_writes_every_result_file(tmp_path, monkeypatch, capsys, write_y
                 "link_utilisation", "cost_per_million_tokens", "sim_events", "wall_time_s"):
         assert key in sm, key
     assert set(sm["ttft_s"]) >= {"p50", "p90", "p99", "mean"}
-    assert "requests completed" in capsys.readouterr().out
+    assert "requests done" in capsys.readouterr().out
 
 
 def test_collective_cli_json(monkeypatch, capsys):
