@@ -235,6 +235,39 @@ def collective(
 
 
 @app.command()
+def sweep(
+    scenario: Scenario_,
+    sets: Annotated[list[str], typer.Option("--set", help="KEY=V1,V2,... (repeatable)")],
+    out_dir: Annotated[Path, typer.Option("--out", help="sweep folder")],
+    mode: Annotated[str, typer.Option(help="roofline or simulate")] = "roofline",
+    workers: Annotated[Optional[int], typer.Option(help="local processes")] = None,
+    dask: Annotated[Optional[str], typer.Option(help="Dask scheduler address")] = None,
+):
+    """Run the cross product of --set values; resumes a killed sweep in the same folder."""
+    from rich.progress import Progress  # noqa: PLC0415
+
+    from .sweep import run_sweep  # noqa: PLC0415
+
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task("sweep", total=None)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total,
+                       description=f"sweep {done}/{total} points")
+
+        df = run_sweep(scenario, sets, out_dir, mode=mode, workers=workers, dask_address=dask,
+                       progress=tick)
+    counts = df["status"].value_counts().to_dict()
+    out.print(f"{len(df)} points: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+              + f"; results in {out_dir}/results.parquet and results.csv")
+    failed = df[df["status"] == "failed"]
+    for _, row in failed.iterrows():
+        err.print(f"point {row['point']} failed (a racksim bug, please report): {row['reason']}")
+    if len(failed):
+        raise typer.Exit(1)
+
+
+@app.command()
 def schema():
     """Print the JSON Schema of a scenario file (for editor completion and checking)."""
     typer.echo(json.dumps(scenario_json_schema(), indent=2))

@@ -49,7 +49,7 @@ class Prepared:
     load: np.ndarray           # bytes per link / size (most loaded link = 1)
     size: float                # bytes on the most loaded link
     total: float               # bytes over all links
-    tier_weight: np.ndarray    # per tier: sum of load x size / capacity
+    tier_weight: tuple         # per tier: sum of load x size / capacity (floats)
     alone_bps: float           # bytes/s on its most loaded link when alone
     alone_util: np.ndarray     # utilisation of its links when alone
     alone_sat: np.ndarray      # its bottleneck links (saturated when alone)
@@ -121,9 +121,10 @@ class Network:
         slowest = float(drain.max())
         alone_util = drain / slowest
         sat = links[alone_util >= SATURATED]
+        weight = np.bincount(self.tier[links], weights=drain, minlength=self.n_tiers)
         return Prepared(links, load / size, size, float(load.sum()),
-                        np.bincount(self.tier[links], weights=drain, minlength=self.n_tiers),
-                        size / slowest, alone_util, sat, np.unique(self.tier[sat]))
+                        tuple(float(w) for w in weight), size / slowest, alone_util, sat,
+                        np.unique(self.tier[sat]))
 
     def start(self, prep: Prepared | None, label: str = "") -> simpy.Event:
         """Start a prepared flow now; the event fires when its last byte arrives."""
@@ -254,12 +255,14 @@ class Network:
     def _record(self) -> None:
         if not self._record_series:
             return
-        util = np.zeros(self.n_tiers)
+        util = [0.0] * self.n_tiers
         for f in self.flows:
-            util += f.prep.tier_weight * (f.rate * f.prep.size)
+            bps = f.rate * f.prep.size
+            for t, w in enumerate(f.prep.tier_weight):
+                util[t] += w * bps
         st = self.stats
         st.series_t.append(self.env.now)
-        st.series_util.append(util / np.maximum(self.tier_links, 1))
+        st.series_util.append([u / max(int(n), 1) for u, n in zip(util, self.tier_links)])
 
     def _on_timer(self, version: int) -> None:
         if version == self._timer_version:  # else a newer solve superseded this timer

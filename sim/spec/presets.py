@@ -16,6 +16,15 @@ _PACKAGE_DATA = Path(__file__).resolve().parent.parent / "_presets"   # inside a
 _REPO_ROOT = Path(__file__).resolve().parents[2]                      # editable checkout
 
 
+def deep_merge(base: dict, over: dict) -> dict:
+    """`over` merged into `base` key by key (mappings recursively; other values replace)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) \
+            else v
+    return out
+
+
 def preset_dirs(kind: Kind) -> list[Path]:
     return [d for d in (_PACKAGE_DATA / kind, _REPO_ROOT / kind) if d.is_dir()]
 
@@ -58,7 +67,7 @@ def _source(ref: Any, kind: Kind, file: str | None, key: str,
             if not isinstance(name, str):
                 raise SpecError("preset must be a name", file=file, key=f"{key}.preset")
             data, src = _source(name, kind, file, key, base_dir)
-            return {**data, **overrides}, src
+            return deep_merge(data, overrides), src
         return ref, None
     raise SpecError(f"expected a preset name, a path or a mapping, got {type(ref).__name__}",
                     file=file, key=key, fix="e.g. " + ", ".join(list_presets(kind)[:3]))

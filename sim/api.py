@@ -1,0 +1,112 @@
+"""The Python API for notebooks: load a scenario, override keys by dotted path, run it with
+the engine or the closed form, and get pandas DataFrames.
+
+    import sim.api as rs
+    s = rs.load("scenarios/default.yaml", **{"layout.expert_parallel": 32})
+    r = rs.simulate(s)           # r.summary (dict), r.requests / r.gpus / r.links / r.steps
+    rs.roofline(s).to_json()     # the closed form
+    rs.summary_frame([r, ...])   # one row per run, every summary figure as a column
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import roofline as _rf
+from .spec.errors import SpecError
+from .spec.scenario import Scenario, scenario_from_dict
+from .spec.yamlio import read_yaml
+
+__all__ = ["Run", "apply_overrides", "load", "roofline", "scenario_dict", "simulate",
+           "summary_frame"]
+
+
+def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
+    """A copy of a scenario mapping with `{"a.b.c": value}` set. Setting a key inside a
+    hardware or model given by preset name turns it into `{preset: NAME, ...}`, so the rest of
+    the preset stays."""
+    out = copy.deepcopy(data)
+    for dotted, value in overrides.items():
+        keys = dotted.split(".")
+        if not all(keys):
+            raise SpecError(f"{dotted!r} is not a dotted key path", key=dotted,
+                            fix="write it like layout.expert_parallel")
+        node = out
+        for i, k in enumerate(keys[:-1]):
+            child = node.get(k)
+            if isinstance(child, str) and i == 0 and k in ("hardware", "model"):
+                child = node[k] = {"preset": child}
+            elif child is None:
+                child = node[k] = {}
+            elif not isinstance(child, dict):
+                raise SpecError(f"cannot set {dotted!r}: {'.'.join(keys[:i + 1])} is not a "
+                                "mapping", key=dotted, fix="check the key path")
+            node = child
+        node[keys[-1]] = value
+    return out
+
+
+def scenario_dict(path: str | Path) -> dict:
+    data = read_yaml(Path(path))
+    if not isinstance(data, dict):
+        raise SpecError("expected a mapping at the top of the file", file=str(path))
+    return data
+
+
+def load(source: str | Path | dict, overrides: dict[str, Any] | None = None,
+         **dotted: Any) -> Scenario:
+    """A validated scenario from a file or mapping, with dotted-key overrides applied.
+    Keyword form: load(path, **{"layout.expert_parallel": 32})."""
+    overrides = {**(overrides or {}), **dotted}
+    if isinstance(source, dict):
+        data, file, base = source, "<inline>", Path(".")
+    else:
+        data, file, base = scenario_dict(source), str(source), Path(source).parent
+    return scenario_from_dict(apply_overrides(data, overrides), file=file, base_dir=base)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One simulated scenario: the summary and the tables of results-format.md."""
+
+    scenario: Scenario
+    summary: dict
+    requests: pd.DataFrame
+    gpus: pd.DataFrame
+    links: pd.DataFrame
+    steps: pd.DataFrame
+    link_series: pd.DataFrame
+    result: Any  # the EngineResult, for plots and the trace
+
+    def write(self, out: str | Path, plots: bool = True) -> list[Path]:
+        from .results.tables import Tables  # noqa: PLC0415
+        from .results.write import write_results  # noqa: PLC0415
+
+        t = Tables(self.summary, self.requests, self.gpus, self.links, self.steps,
+                   self.link_series)
+        return write_results(self.result, t, Path(out), plots=plots)
+
+
+def simulate(scenario: Scenario, progress=None) -> Run:
+    from .engine.simulation import Simulation  # noqa: PLC0415
+    from .results.tables import build_tables  # noqa: PLC0415
+
+    res = Simulation(scenario).run(progress)
+    t = build_tables(res)
+    return Run(scenario, t.summary, t.requests, t.gpus, t.links, t.steps, t.link_series, res)
+
+
+def roofline(scenario: Scenario, batch: float | None = None,
+             context: float | None = None) -> _rf.Roofline:
+    return _rf.for_scenario(scenario, batch=batch, context=context)
+
+
+def summary_frame(summaries: list[dict] | list[Run]) -> pd.DataFrame:
+    """One row per run; nested figures flattened to columns like `ttft_s.p99`."""
+    rows = [s.summary if isinstance(s, Run) else s for s in summaries]
+    return pd.json_normalize(rows, sep=".")
