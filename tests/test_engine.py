@@ -207,6 +207,22 @@ def test_gpu_time_fractions_sum_to_one_and_utilisation_at_most_one(busy_run):
     assert (t.links.mean_utilisation <= 1 + 1e-9).all()
 
 
+def test_utilisation_series_agrees_with_link_integrals(busy_run):
+    """Two accountings of the same fluid: the per-tier series averaged over the window
+    equals the mean of that tier's per-link utilisation (bytes / capacity / window)."""
+    from sim.results.run_plots import binned_mean
+
+    res, t = busy_run
+    t0, t1 = res.window
+    ls = t.link_series
+    for tier in ("scale_up", "scale_out"):
+        series_mean = binned_mean(ls.time_s.to_numpy(), ls[tier].to_numpy(),
+                                  np.array([t0, t1]))[0]
+        links_mean = t.links.loc[t.links.tier == tier, "mean_utilisation"].mean()
+        assert series_mean == pytest.approx(links_mean, rel=1e-6, abs=1e-12)
+    assert t.links.mean_utilisation.max() > 0.01
+
+
 def test_output_tokens_per_s_matches_requests(busy_run):
     """Tokens counted by the engine equal tokens implied by request records (whole run)."""
     res, t = busy_run

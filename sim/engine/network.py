@@ -121,7 +121,8 @@ class Network:
         slowest = float(drain.max())
         alone_util = drain / slowest
         sat = links[alone_util >= SATURATED]
-        weight = np.bincount(self.tier[links], weights=drain, minlength=self.n_tiers)
+        # per tier: sum over its links of utilisation per byte/s on the most loaded link
+        weight = np.bincount(self.tier[links], weights=drain / size, minlength=self.n_tiers)
         return Prepared(links, load / size, size, float(load.sum()),
                         tuple(float(w) for w in weight), size / slowest, alone_util, sat,
                         np.unique(self.tier[sat]))

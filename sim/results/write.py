@@ -14,6 +14,10 @@ from ..engine.simulation import EngineResult
 from .tables import Tables
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: Path, write) -> Path:
     """Write via a temp file in the same folder and rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -21,6 +25,7 @@ def atomic_write(path: Path, write) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for sharing
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -62,11 +67,11 @@ def write_results(res: EngineResult, tables: Tables, out: Path, *, plots: bool =
         _csv(tables.steps, out / "steps.csv"),
     ]
     if trace:
-        from .trace import write_trace  # noqa: PLC0415
+        from .perfetto import write_trace  # noqa: PLC0415
 
         written.append(write_trace(res, tables, out / "trace.json"))
     if plots:
-        from .plots import plot_run  # noqa: PLC0415
+        from .run_plots import plot_run  # noqa: PLC0415
 
         written.extend(plot_run(res, tables, out, fmt))
     return written

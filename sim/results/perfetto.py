@@ -1,0 +1,93 @@
+"""trace.json: a Chrome trace-event timeline that opens in Perfetto (ui.perfetto.dev).
+
+Tracks: one process per replica with a thread per pipeline stage (steps as slices, their
+layers and collectives nested for the detailed steps, gaps marked as bubbles); a "network"
+process with a utilisation counter per tier; a "requests" process with each request's life
+as an async slice (lifetimes overlap, which plain slices on one track cannot show).
+Times are microseconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..engine.simulation import EngineResult
+from .tables import Tables
+from .write import atomic_write
+
+MAX_HOLDS = 200_000      # stage slices kept; the rest are summarised in the metadata
+MAX_REQUESTS = 500       # request lifetimes drawn
+US = 1e6
+NETWORK_PID = 10_000
+REQUESTS_PID = 10_001
+
+
+def _meta(pid: int, name: str, tid: int | None = None, sort: int | None = None) -> list[dict]:
+    if tid is None:
+        ev = [{"ph": "M", "pid": pid, "name": "process_name", "args": {"name": name}}]
+        if sort is not None:
+            ev.append({"ph": "M", "pid": pid, "name": "process_sort_index",
+                       "args": {"sort_index": sort}})
+        return ev
+    return [{"ph": "M", "pid": pid, "tid": tid, "name": "thread_name", "args": {"name": name}},
+            {"ph": "M", "pid": pid, "tid": tid, "name": "thread_sort_index",
+             "args": {"sort_index": tid}}]
+
+
+def trace_events(res: EngineResult, tables: Tables) -> dict:
+    ev: list[dict] = []
+    pl = res.placement.gpus
+    for r in range(pl.shape[0]):
+        ev += _meta(r, f"replica {r}", sort=r)
+        for s in range(pl.shape[1]):
+            g = pl[r, s]
+            ev += _meta(r, f"stage {s} (GPUs {g.min()}-{g.max()})", tid=s)
+    st = res.stage_steps
+    n = len(st["start"])
+    keep = min(n, MAX_HOLDS)
+    order = np.lexsort((st["start"][:keep], st["stage"][:keep], st["replica"][:keep]))
+    prev_end: dict[tuple, float] = {}
+    for i in order:
+        r, s = int(st["replica"][i]), int(st["stage"][i])
+        t0, t1 = float(st["start"][i]), float(st["end"][i])
+        key = (r, s)
+        if key in prev_end and t0 > prev_end[key]:
+            ev.append({"ph": "X", "pid": r, "tid": s, "name": "bubble", "cat": "bubble",
+                       "ts": prev_end[key] * US, "dur": (t0 - prev_end[key]) * US})
+        prev_end[key] = t1
+        ev.append({"ph": "X", "pid": r, "tid": s, "name": f"step mb {int(st['microbatch'][i])}",
+                   "cat": "step", "ts": t0 * US, "dur": (t1 - t0) * US,
+                   "args": {"microbatch": int(st["microbatch"][i])}})
+    for r, s, name, t0, t1 in res.phases:
+        if t1 > t0:
+            ev.append({"ph": "X", "pid": int(r), "tid": int(s), "name": name, "cat": "layer",
+                       "ts": t0 * US, "dur": (t1 - t0) * US})
+    # network counters
+    ev += _meta(NETWORK_PID, "network", sort=1000)
+    ls = tables.link_series
+    for tier in [c for c in ls.columns if c != "time_s"]:
+        for t, v in zip(ls["time_s"].to_numpy(), ls[tier].to_numpy()):
+            ev.append({"ph": "C", "pid": NETWORK_PID, "name": f"{tier} utilisation",
+                       "ts": float(t) * US, "args": {"mean": float(v)}})
+    # request lifetimes
+    ev += _meta(REQUESTS_PID, "requests", sort=1001)
+    req = tables.requests
+    done = req[req["finish_s"].notna()].head(MAX_REQUESTS)
+    for row in done.itertuples():
+        common = {"pid": REQUESTS_PID, "tid": 0, "cat": "request", "id": int(row.request),
+                  "name": f"request {int(row.request)}"}
+        ev.append({**common, "ph": "b", "ts": row.arrival_s * US,
+                   "args": {"prompt_tokens": int(row.prompt_tokens),
+                            "output_tokens": int(row.output_tokens)}})
+        ev.append({**common, "ph": "e", "ts": row.finish_s * US})
+    return {"traceEvents": ev, "displayTimeUnit": "ms",
+            "metadata": {"scenario": res.scenario.file, "stage_slices": n,
+                         "stage_slices_written": keep, "truncated": n > keep}}
+
+
+def write_trace(res: EngineResult, tables: Tables, path: Path) -> Path:
+    data = trace_events(res, tables)
+    return atomic_write(Path(path), lambda p: p.write_text(json.dumps(data)))

@@ -1,0 +1,79 @@
+"""trace.json opens in Perfetto (well-formed trace events) and the plots are drawn."""
+
+import copy
+import json
+from collections import defaultdict
+
+import pytest
+
+from conftest import BASE
+from sim.engine.simulation import simulate
+from sim.results.tables import build_tables
+from sim.results.write import write_results
+from sim.spec import scenario_from_dict
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    d = copy.deepcopy(BASE)
+    d["workload"] = {**d["workload"], "duration_s": 0.4, "warmup_s": 0.05,
+                     "output_tokens": {"dist": "fixed", "value": 4},
+                     "arrival": {"process": "poisson", "rate_per_s": 300}}
+    d["batching"] = {"policy": "continuous", "max_batch": 64}
+    res = simulate(scenario_from_dict(d))
+    t = build_tables(res)
+    out = tmp_path_factory.mktemp("run")
+    write_results(res, t, out)
+    return out, res, t
+
+
+def test_trace_is_well_formed(run_dir):
+    out, res, _ = run_dir
+    data = json.loads((out / "trace.json").read_text())
+    events = data["traceEvents"]
+    named = {(e["pid"], e.get("tid")) for e in events if e["ph"] == "M"
+             and e["name"] == "thread_name"}
+    for r in range(res.placement.replicas):
+        for s in range(res.placement.stages):
+            assert (r, s) in named, "every stage has a named track"
+    by_track = defaultdict(list)
+    for e in events:
+        assert e["ph"] in {"M", "X", "C", "b", "e"}
+        if e["ph"] == "X":
+            assert e["dur"] >= 0
+            by_track[(e["pid"], e["tid"])].append((e["ts"], e["ts"] + e["dur"]))
+    assert any(e["ph"] == "X" and e["cat"] == "layer" for e in events), "layers visible"
+    assert any(e["ph"] == "X" and e["name"] == "dispatch" for e in events)
+    for spans in by_track.values():  # nested or disjoint, never partly overlapping
+        spans.sort(key=lambda x: (x[0], -x[1]))
+        stack = []
+        for a, b in spans:
+            while stack and stack[-1] <= a + 1e-6:
+                stack.pop()
+            if stack:
+                assert b <= stack[-1] + 1e-6, "partial overlap on one track"
+            stack.append(b)
+    opened = defaultdict(int)
+    for e in events:
+        if e["ph"] in "be" and e["ph"] != "":
+            opened[e["id"]] += 1 if e["ph"] == "b" else -1
+    assert opened and all(v == 0 for v in opened.values()), "async events pair up"
+
+
+def test_plots_are_drawn(run_dir):
+    out, _, _ = run_dir
+    for name in ("latency_cdf.png", "pipeline_timeline.png", "link_utilisation.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 15_000, name
+
+
+def test_tables_on_disk_match_memory(run_dir):
+    import pandas as pd
+
+    out, _, t = run_dir
+    req = pd.read_csv(out / "requests.csv")
+    assert len(req) == len(t.requests)
+    gpus = pd.read_csv(out / "gpus.csv")
+    assert len(gpus) == len(t.gpus)
+    sm = json.loads((out / "summary.json").read_text())
+    assert sm["requests_completed"] == t.summary["requests_completed"]
