@@ -210,7 +210,7 @@ def test_gpu_time_fractions_sum_to_one_and_utilisation_at_most_one(busy_run):
 def test_utilisation_series_agrees_with_link_integrals(busy_run):
     """Two accountings of the same fluid: the per-tier series averaged over the window
     equals the mean of that tier's per-link utilisation (bytes / capacity / window)."""
-    from sim.results.run_plots import binned_mean
+    from sim.results.tables import binned_mean
 
     res, t = busy_run
     t0, t1 = res.window

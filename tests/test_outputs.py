@@ -77,3 +77,14 @@ def test_tables_on_disk_match_memory(run_dir):
     assert len(gpus) == len(t.gpus)
     sm = json.loads((out / "summary.json").read_text())
     assert sm["requests_completed"] == t.summary["requests_completed"]
+
+
+def test_trace_counters_are_bounded(run_dir):
+    from sim.results.perfetto import COUNTER_BINS
+
+    out, res, t = run_dir
+    events = json.loads((out / "trace.json").read_text())["traceEvents"]
+    counters = [e for e in events if e["ph"] == "C"]
+    assert 0 < len(counters) <= 2 * COUNTER_BINS
+    assert len(t.link_series) > len(counters) / 2, "binned, not one per re-solve"
+    assert all(0 <= e["args"]["mean"] <= 1 + 1e-9 for e in counters)

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..engine.simulation import EngineResult  # noqa: E402
-from .tables import Tables  # noqa: E402
+from .tables import Tables, binned_mean  # noqa: E402
 
 LATENCIES = (("queue_wait_s", "queue wait"), ("ttft_s", "time to first token"),
              ("tpot_s", "time per output token"), ("e2e_s", "end to end"))
@@ -88,16 +88,6 @@ def plot_timeline(res: EngineResult, tables: Tables, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def binned_mean(t: np.ndarray, v: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Mean of the step function (value v[i] from t[i] to t[i+1]) over each bin."""
-    if len(t) == 0:
-        return np.zeros(len(edges) - 1)
-    cum = np.concatenate([[0.0], np.cumsum(v[:-1] * np.diff(t))])
-    k = np.clip(np.searchsorted(t, edges, side="right") - 1, 0, len(t) - 1)
-    area = np.where(edges >= t[0], cum[k] + v[k] * (edges - t[k]), 0.0)
-    return np.diff(area) / np.diff(edges)
 
 
 def plot_links(res: EngineResult, tables: Tables, path: Path) -> Path:

@@ -37,6 +37,16 @@ def distribution(x: np.ndarray) -> dict:
             "count": int(len(x))}
 
 
+def binned_mean(t: np.ndarray, v: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Mean of the step function (value v[i] from t[i] to t[i+1]) over each bin."""
+    if len(t) == 0:
+        return np.zeros(len(edges) - 1)
+    cum = np.concatenate([[0.0], np.cumsum(v[:-1] * np.diff(t))])
+    k = np.clip(np.searchsorted(t, edges, side="right") - 1, 0, len(t) - 1)
+    area = np.where(edges >= t[0], cum[k] + v[k] * (edges - t[k]), 0.0)
+    return np.diff(area) / np.diff(edges)
+
+
 def requests_frame(res: EngineResult) -> pd.DataFrame:
     r = res.requests
     n = r.n
