@@ -85,6 +85,5 @@ def test_trace_counters_are_bounded(run_dir):
     out, res, t = run_dir
     events = json.loads((out / "trace.json").read_text())["traceEvents"]
     counters = [e for e in events if e["ph"] == "C"]
-    assert 0 < len(counters) <= 2 * COUNTER_BINS
-    assert len(t.link_series) > len(counters) / 2, "binned, not one per re-solve"
+    assert 0 < len(counters) <= 2 * min(COUNTER_BINS, len(t.link_series))
     assert all(0 <= e["args"]["mean"] <= 1 + 1e-9 for e in counters)
