@@ -1,28 +1,33 @@
-"""Benchmark: simulated seconds per wall second and events per second for the reference
-scenarios, next to this machine's bare SimPy event rate measured in the same process.
+"""Benchmarks: simulated seconds per wall second, events per second against this machine's
+bare SimPy rate (measured in the same run), peak memory, and wall time per simulated second
+against GPU count, for the reference scenarios in benchmarks/scenarios/ (S, M, L).
 
-    make bench            # or: python benchmarks/run.py [SCENARIO ...]
+    make bench                                  # every reference scenario, as committed
+    python benchmarks/run.py --duration 5 S M-dp4   # quicker: 5 simulated s after warm-up
 
-Writes benchmarks/results.json and prints a table. Timings live here, never in tests.
+Each scenario runs in its own process so its peak memory is its own. Writes
+benchmarks/results.json and prints a table. Timings live here, never in pass/fail tests.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-import simpy
-
 HERE = Path(__file__).resolve().parent
-DEFAULT = [HERE.parent / "scenarios" / "default.yaml"]
+SCENARIOS = HERE / "scenarios"
 
 
-def bare_simpy_rate(n: int = 300_000) -> float:
+def bare_simpy_rate(n: int = 500_000) -> float:
     """Events per second of a bare `env.timeout` loop in this interpreter."""
+    import simpy
+
     env = simpy.Environment()
 
     def loop():
@@ -35,39 +40,81 @@ def bare_simpy_rate(n: int = 300_000) -> float:
     return n / (time.perf_counter() - t)
 
 
-def bench(path: Path) -> dict:
-    from sim.engine.simulation import Simulation
-    from sim.spec import load_scenario
+def one(path: str, duration: float | None) -> dict:
+    """Run one scenario in this process and return its figures (called in a child)."""
+    import sim.api as rs
 
-    s = load_scenario(path)
+    over = {}
+    if duration is not None:
+        warm = rs.load(path).workload.warmup_s
+        over["workload.duration_s"] = warm + duration
+    s = rs.load(path, **over)
+    from sim.engine.simulation import Simulation
+
     sim = Simulation(s)
     t = time.perf_counter()
     res = sim.run()
     wall = time.perf_counter() - t
     simulated = res.window[1]
-    return {"scenario": str(path.relative_to(HERE.parent)), "gpus": s.layout.total_gpus,
-            "simulated_s": simulated, "wall_s": wall,
-            "sim_s_per_wall_s": simulated / wall, "events": res.sim_events,
+    return {"scenario": Path(path).stem, "gpus": s.layout.total_gpus,
+            "simulated_s": simulated, "wall_s": wall, "sim_s_per_wall_s": simulated / wall,
+            "wall_s_per_sim_s": wall / simulated, "events": res.sim_events,
             "events_per_s": res.sim_events / wall, "network_solves": res.network.solves,
-            "steps": int(len(res.steps["start"]))}
+            "steps": int(len(res.steps["start"])),
+            "output_tokens_per_s": res.output_tokens / (res.window[1] - res.window[0]),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def main(argv: list[str]) -> None:
-    paths = [Path(a).resolve() for a in argv] or DEFAULT
+def all_to_all_576() -> dict:
+    """One all-to-all among 576 GPUs (EP over eight GB200 NVL72 racks), timed."""
+    from sim.engine.microbench import run_collective
+    from sim.spec import load_hardware
+
+    hw = load_hardware("gb200-nvl72")
+    t = time.perf_counter()
+    r = run_collective(hw, "all_to_all", 576, 576 * 7168 * 8.0, domains=8)
+    return {"wall_s": time.perf_counter() - t, "simulated_time_s": r.time_s}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*", help="scenario names in benchmarks/scenarios/")
+    ap.add_argument("--duration", type=float, help="simulated seconds after warm-up")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        print(json.dumps(one(a.child, a.duration)))
+        return
+    names = a.names or sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
     bare = bare_simpy_rate()
-    rows = [bench(p) for p in paths]
+    rows = []
+    for name in names:
+        cmd = [sys.executable, __file__, "--child", str(SCENARIOS / f"{name}.yaml")]
+        if a.duration is not None:
+            cmd += ["--duration", str(a.duration)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        row = json.loads(out.strip().splitlines()[-1])
+        row["events_vs_bare_simpy"] = row["events_per_s"] / bare
+        rows.append(row)
+        print(f"{name}: {row['sim_s_per_wall_s']:.3f} simulated s per wall s", flush=True)
+    a2a = all_to_all_576()
+    small = min(rows, key=lambda r: r["gpus"]) if rows else None
     for r in rows:
-        r["events_vs_bare_simpy"] = r["events_per_s"] / bare
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out = {"machine": platform.platform(), "python": platform.python_version(),
-           "bare_simpy_events_per_s": bare, "peak_rss_mb": peak_mb, "runs": rows}
-    (HERE / "results.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(f"bare SimPy: {bare:,.0f} events/s; peak RSS {peak_mb:,.0f} MB")
-    print(f"{'scenario':40} {'GPUs':>5} {'sim s/wall s':>12} {'events/s':>10} {'vs bare':>8}")
+        r["wall_per_sim_s_vs_smallest"] = r["wall_s_per_sim_s"] / small["wall_s_per_sim_s"]
+        r["gpus_vs_smallest"] = r["gpus"] / small["gpus"]
+    result = {"machine": platform.platform(), "python": platform.python_version(),
+              "bare_simpy_events_per_s": bare, "all_to_all_576_gpus": a2a,
+              "duration_override_s": a.duration, "runs": rows}
+    (HERE / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nbare SimPy: {bare:,.0f} events/s; one 576-GPU all-to-all: "
+          f"{a2a['wall_s'] * 1e3:.1f} ms wall")
+    print(f"{'scenario':12} {'GPUs':>5} {'sim s/wall s':>12} {'events/s':>10} {'vs bare':>8} "
+          f"{'wall/sim vs S':>13} {'peak MB':>8}")
     for r in rows:
-        print(f"{r['scenario']:40} {r['gpus']:>5} {r['sim_s_per_wall_s']:>12.3f} "
-              f"{r['events_per_s']:>10,.0f} {r['events_vs_bare_simpy']:>8.2f}")
+        print(f"{r['scenario']:12} {r['gpus']:>5} {r['sim_s_per_wall_s']:>12.3f} "
+              f"{r['events_per_s']:>10,.0f} {r['events_vs_bare_simpy']:>8.3f} "
+              f"{r['wall_per_sim_s_vs_smallest']:>13.1f} {r['peak_rss_mb']:>8,.0f}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -10,12 +10,11 @@ import time
 
 import pandas as pd
 import pytest
-import yaml
 
 from conftest import BASE, REPO
 from sim.api import apply_overrides, load
 from sim.spec.errors import SpecError
-from sim.sweep import grid, parse_set, point_key, run_sweep, split_values
+from sim.sweep import grid, parse_set, run_sweep, split_values
 
 
 def test_parse_set_reads_yaml_scalars():

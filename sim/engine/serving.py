@@ -6,7 +6,8 @@ Policies (documented in docs/architecture.md):
   capacity; a request reserves its whole KV (prompt + output tokens) when admitted, so no
   preemption is ever needed; a request that could never fit is dropped and counted.
 - `chunked` prefill: a step carries every decoding sequence plus up to `chunk_tokens` prompt
-  tokens (default: whole prompts); `separate`: a step with prompt work carries only that.
+  tokens (a per-step budget, FIFO over prompts); `separate`: a step with prompt work carries
+  only prompt tokens (same budget).
 - the step that finishes a prompt produces the request's first output token.
 """
 
@@ -87,10 +88,10 @@ class Slot:
         self.rem = np.concatenate([self.rem, output])
         self.pre = np.concatenate([self.pre, prompt])
 
-    def plan(self, prefill: str, chunk_tokens: int | None) -> StepPlan:
+    def plan(self, prefill: str, chunk_tokens: int) -> StepPlan:
         decode = self.pre == 0
         waiting = self.pre
-        budget = np.inf if chunk_tokens is None else chunk_tokens
+        budget = chunk_tokens
         before = np.cumsum(waiting) - waiting
         take = np.clip(budget - before, 0, waiting).astype(np.int64)
         if prefill == "separate" and take.any():

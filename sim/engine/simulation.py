@@ -30,7 +30,8 @@ from ..cluster.topology import Cluster, build_cluster
 from ..spec.layout import max_stage_fraction, stage_layers, weight_bytes_per_gpu
 from ..spec.scenario import Scenario
 from ..spec.trace import read_trace
-from ..spec.workload import Closed, FixedInterval, Fixed, LogNormal, Poisson, Trace, Uniform
+from ..spec.workload import (DEFAULT_CHUNK_TOKENS, Closed, Fixed, FixedInterval, LogNormal,
+                             Trace, Uniform)
 from . import collectives as coll
 from .costs import (draw_routing, dispatch_matrix, expert_popularity, layer_costs,
                     moe_layer_flags, split_tokens)
@@ -147,7 +148,7 @@ class Simulation:
         self.all_done = self.env.event()
         self.batching = s.batching
         self.prefill = getattr(self.batching, "prefill", "chunked")
-        self.chunk = getattr(self.batching, "chunk_tokens", None)
+        self.chunk = getattr(self.batching, "chunk_tokens", DEFAULT_CHUNK_TOKENS)
 
     # ------------------------------------------------------------------ setup
 

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 
 from ..cluster.topology import TIER_NAMES
-from ..engine.serving import DONE, DROPPED
 from ..engine.simulation import EngineResult
 
 SECONDS_PER_HOUR = 3600.0

@@ -102,6 +102,12 @@ class Workload(Spec):
 
 # --------------------------------------------------------------------------- batching
 
+# Per-step prefill budget. Serving engines cap the tokens of one forward pass (vLLM's
+# max_num_batched_tokens; its tuning guide, docs/configuration/optimization.md, "Chunked
+# Prefill", advises small budgets for inter-token latency and 8192 or more for throughput).
+# Without a cap, prompts arriving during a long prefill step make the next one longer still.
+DEFAULT_CHUNK_TOKENS = 8192
+
 
 class FixedInterval(Spec):
     """A step departs every `interval`, full or not (domain.md section 2's train schedule)."""
@@ -119,8 +125,10 @@ class Continuous(Spec):
     prefill: Literal["chunked", "separate"] = Field(
         "chunked", description="chunked: prompt chunks ride with decode steps; "
                                "separate: prefill runs as its own steps")
-    chunk_tokens: PositiveInt | None = Field(
-        None, description="prefill tokens per step (chunked prefill); default: one whole prompt")
+    chunk_tokens: PositiveInt = Field(
+        DEFAULT_CHUNK_TOKENS,
+        description="prompt tokens a step may carry (a per-step prefill budget, decode tokens "
+                    f"not counted); default {DEFAULT_CHUNK_TOKENS}")
 
 
 Batching = Annotated[FixedInterval | Continuous, Field(discriminator="policy")]
