@@ -216,15 +216,25 @@ class Network:
             self._union, self._util = p.links, p.alone_util
             self._sat, self._sat_tiers = p.alone_sat, p.alone_sat_tiers
         else:
-            self._solve_shared(flows)
+            links = np.concatenate([f.prep.links for f in flows])
+            union = np.unique(links)
+            if len(union) == len(links):  # no shared link: each flow runs as if alone
+                for f in flows:
+                    f.rate = f.prep.alone_bps / f.prep.size
+                order = np.argsort(links)
+                self._union = union
+                self._util = np.concatenate([f.prep.alone_util for f in flows])[order]
+                self._sat = np.concatenate([f.prep.alone_sat for f in flows])
+                self._sat_tiers = np.unique(self.tier[self._sat])
+            else:
+                self._solve_shared(flows, union)
         self._record()
         soonest = min(f.remaining / f.rate for f in flows)
         version = self._timer_version
         ev = self.env.timeout(max(soonest, _tick(self.env.now)))
         ev.callbacks.append(lambda _e: self._on_timer(version))
 
-    def _solve_shared(self, flows: list[Flow]) -> None:
-        links = np.unique(np.concatenate([f.prep.links for f in flows]))
+    def _solve_shared(self, flows: list[Flow], links: np.ndarray) -> None:
         n_f, n_l = len(flows), len(links)
         # a[i, j]: bytes flow i puts on link j per byte/s on its own most loaded link
         a = np.zeros((n_f, n_l))
