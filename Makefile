@@ -24,7 +24,7 @@ run: $(VENV)/.installed
 	$(BIN)/racksim run $(SCENARIO) --out $(OUT)
 
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 --nbmake tests notebooks
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run.py

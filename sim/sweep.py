@@ -75,6 +75,11 @@ def grid(sets: Iterable[str]) -> list[dict[str, Any]]:
     keys = [k for k, _ in axes]
     if len(set(keys)) != len(keys):
         raise SpecError("the same key is set twice", key="--set", fix="one --set per key")
+    for a in keys:
+        for b in keys:
+            if a != b and b.startswith(a + "."):
+                raise SpecError(f"--set {a} replaces the whole mapping that --set {b} changes",
+                                key="--set", fix=f"set {b} inside the values of {a}, or drop one")
     return [dict(zip(keys, combo)) for combo in itertools.product(*(v for _, v in axes))]
 
 

@@ -24,6 +24,8 @@ def test_parse_set_reads_yaml_scalars():
     assert len(grid(["a=1,2,3", "b=x,y"])) == 6
     with pytest.raises(SpecError):
         parse_set("layout.expert_parallel")
+    with pytest.raises(SpecError, match="replaces the whole mapping"):
+        grid(["batching={policy: continuous, max_batch: 8}", "batching.max_batch=1,2"])
 
 
 def test_overrides_reach_into_presets():
