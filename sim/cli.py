@@ -268,6 +268,18 @@ def sweep(
 
 
 @app.command()
+def report(
+    folder: Annotated[Path, typer.Argument(help="a run or sweep folder")],
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="HTML file")] = None,
+):
+    """Turn a run or sweep folder into one self-contained HTML page."""
+    from .results.report import build_report  # noqa: PLC0415
+
+    path = build_report(folder, out_file)
+    out.print(f"report written to {path}")
+
+
+@app.command()
 def schema():
     """Print the JSON Schema of a scenario file (for editor completion and checking)."""
     typer.echo(json.dumps(scenario_json_schema(), indent=2))
