@@ -133,7 +133,8 @@ def _sweep_page(folder: Path) -> str:
             ax.tick_params(axis="x", labelrotation=30, labelsize=7)
         fig.suptitle(f"metrics vs {p} (mean over the other parameters)")
         parts.append(f"<h2>{html.escape(p)}</h2>" + _fig_tag(fig, f"metrics vs {p}"))
-    show = df[params + ["status"] + metrics + ["reason"]]
+    show = df[params + ["status"] + metrics + ["reason"]].assign(
+        reason=df["reason"].fillna(""))
     parts.append("<h2>All points</h2>" + show.to_html(index=False, na_rep="", float_format=
                                                       lambda v: f"{v:,.4g}"))
     return "".join(parts)
