@@ -268,6 +268,65 @@ def sweep(
 
 
 @app.command()
+def compare(
+    scenario: Scenario_,
+    hardware: Annotated[str, typer.Option(help="comma-separated hardware presets or files")],
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for CSVs, plot, scenarios")
+                       ] = Path("out/compare"),
+    slo: Annotated[Optional[str], typer.Option(help="e.g. tpot_p99=50ms,ttft_p99=2s")] = None,
+    budget_gpus: Annotated[Optional[int], typer.Option(help="GPUs per design")] = None,
+    shortlist: Annotated[int, typer.Option(help="layouts simulated per design")] = 3,
+    confirm_s: Annotated[float, typer.Option(help="minimum simulated seconds per check")
+                         ] = 2.0,
+):
+    """Compare rack designs: the best layout per design that meets the SLO."""
+    from .compare import compare as run_compare  # noqa: PLC0415
+    from .compare import parse_slo  # noqa: PLC0415
+
+    designs = [h.strip() for h in hardware.split(",") if h.strip()]
+    targets = parse_slo(slo)
+    with err.status("comparing designs") as status:
+        def tick(hw, i, n):
+            status.update(f"{hw}: simulated {i + 1}/{n} shortlisted layouts")
+
+        df = run_compare(scenario, designs, out_dir, slo=targets, budget_gpus=budget_gpus,
+                         shortlist=shortlist, confirm_s=confirm_s, progress=tick)
+    t = Table(title="Best layout per design" + (f" meeting {slo}" if slo else ""),
+              title_justify="left")
+    df = df.assign(layout=[
+        "-" if r.get("ep") != r.get("ep") or r.get("ep") is None else
+        f"EP{r['ep']:.0f} TP{r['tp']:.0f} PP{r['pp']:.0f} DP{r['dp']:.0f}"
+        for _, r in df.iterrows()])
+    cols = {"design": "design", "gpus": "GPUs", "layout": "layout", "batch": "batch",
+            "tokens_per_s_per_gpu": "tok/s/GPU",
+            "cost_per_million_tokens": "$/Mtok", "tpot_p99_s": "TPOT p99",
+            "ttft_p99_s": "TTFT p99", "meets_slo": "SLO met"}
+    for c in cols.values():
+        t.add_column(c)
+    for _, row in df.iterrows():
+        cells = []
+        for c in cols:
+            v = row.get(c)
+            if c in ("design", "layout"):
+                cells.append(str(v))
+            elif v is None or (isinstance(v, float) and v != v):
+                cells.append("-")
+            elif c.endswith("_s"):
+                cells.append(fq(float(v), "s"))
+            elif isinstance(v, float) and c in ("gpus", "batch"):
+                cells.append(f"{v:.0f}")
+            elif isinstance(v, float):
+                cells.append(f"{v:,.2f}")
+            else:
+                cells.append(str(v))
+        t.add_row(*cells)
+    out.print(t)
+    out.print(f"written: {out_dir}/compare.csv (best per design), confirmed.csv (every "
+              f"simulated layout), pareto.png, and one scenario file per simulated layout "
+              "(re-run any with `racksim run`)")
+
+
+@app.command()
 def report(
     folder: Annotated[Path, typer.Argument(help="a run or sweep folder")],
     out_file: Annotated[Optional[Path], typer.Option("--out", help="HTML file")] = None,
