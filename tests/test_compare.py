@@ -69,7 +69,7 @@ def test_compare_cli_prints_a_table(designs, tmp_path, monkeypatch, capsys):
         cli.main()
     assert exc.value.code in (0, None)
     text = capsys.readouterr().out
-    assert "SLO met" in text and "tok/s/GPU" in text
+    assert "Best layout per design" in text and "GPUs" in text
     import pandas as pd
 
     rows = pd.read_csv(tmp_path / "c" / "compare.csv")
