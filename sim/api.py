@@ -6,6 +6,7 @@ the engine or the closed form, and get pandas DataFrames.
     r = rs.simulate(s)           # r.summary (dict), r.requests / r.gpus / r.links / r.steps
     rs.roofline(s).to_json()     # the closed form
     rs.summary_frame([r, ...])   # one row per run, every summary figure as a column
+    rs.plot_run(r, "out/plots"); rs.plot_roofline(s, "roofline.png")
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from .spec.errors import SpecError
 from .spec.scenario import Scenario, scenario_from_dict
 from .spec.yamlio import read_yaml
 
-__all__ = ["Run", "apply_overrides", "load", "roofline", "scenario_dict", "simulate",
-           "summary_frame"]
+__all__ = ["Run", "apply_overrides", "load", "plot_roofline", "plot_run", "roofline",
+           "scenario_dict", "simulate", "summary_frame"]
 
 
 def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
@@ -104,6 +105,23 @@ def simulate(scenario: Scenario, progress=None) -> Run:
 def roofline(scenario: Scenario, batch: float | None = None,
              context: float | None = None) -> _rf.Roofline:
     return _rf.for_scenario(scenario, batch=batch, context=context)
+
+
+def plot_run(run: Run, out_dir: str | Path, fmt: str = "png") -> list[Path]:
+    """Latency CDFs, pipeline timeline and link utilisation of a run, as files."""
+    from .results.run_plots import plot_run as _plot  # noqa: PLC0415
+    from .results.tables import Tables  # noqa: PLC0415
+
+    t = Tables(run.summary, run.requests, run.gpus, run.links, run.steps, run.link_series)
+    return _plot(run.result, t, Path(out_dir), fmt)
+
+
+def plot_roofline(scenario: Scenario, path: str | Path, batch: float | None = None,
+                  context: float | None = None) -> Path:
+    """The three roofline pictures for a scenario."""
+    from .results.roofline_plot import plot_roofline as _plot  # noqa: PLC0415
+
+    return _plot(scenario, roofline(scenario, batch, context), path)
 
 
 def summary_frame(summaries: list[dict] | list[Run]) -> pd.DataFrame:

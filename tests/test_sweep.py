@@ -28,6 +28,16 @@ def test_parse_set_reads_yaml_scalars():
         grid(["batching={policy: continuous, max_batch: 8}", "batching.max_batch=1,2"])
 
 
+def test_api_plot_functions(tmp_path):
+    from sim.api import plot_roofline, plot_run, simulate
+
+    s = load(REPO / "scenarios" / "default.yaml", **{"workload.duration_s": 0.1,
+                                                     "workload.warmup_s": 0.02})
+    files = plot_run(simulate(s), tmp_path)
+    assert len(files) == 3 and all(f.stat().st_size > 10_000 for f in files)
+    assert plot_roofline(s, tmp_path / "r.png").stat().st_size > 10_000
+
+
 def test_overrides_reach_into_presets():
     d = apply_overrides({"hardware": "hgx-h100"}, {"hardware.gpu.hbm_bytes": 1})
     assert d["hardware"] == {"preset": "hgx-h100", "gpu": {"hbm_bytes": 1}}
@@ -99,11 +109,12 @@ def test_killed_sweep_resumes_without_recomputing(sweep_scenario, tmp_path):
 def test_dask_gives_identical_rows(sweep_scenario, tmp_path):
     from dask.distributed import LocalCluster
 
-    sets = ["layout.expert_parallel=4,8", "workload.arrival.rate_per_s=100,300"]
+    sets = ["layout.expert_parallel=2,4,8", "batching.max_batch=64,512",
+            "workload.arrival.rate_per_s=100,300"]  # 12 points
     local = run_sweep(sweep_scenario, sets, tmp_path / "local", mode="simulate", workers=2)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster:
         remote = run_sweep(sweep_scenario, sets, tmp_path / "dask", mode="simulate",
                            dask_address=cluster.scheduler_address)
     pd.testing.assert_frame_equal(local, remote)
-    assert len(local) == 4 and (local.status == "ok").all()
+    assert len(local) == 12 and (local.status == "ok").all()
