@@ -73,24 +73,36 @@ def load(source: str | Path | dict, overrides: dict[str, Any] | None = None,
 
 @dataclass(frozen=True)
 class Run:
-    """One simulated scenario: the summary and the tables of results-format.md."""
+    """One simulated scenario: its tables (results-format.md) and the engine's records."""
 
     scenario: Scenario
-    summary: dict
-    requests: pd.DataFrame
-    gpus: pd.DataFrame
-    links: pd.DataFrame
-    steps: pd.DataFrame
-    link_series: pd.DataFrame
-    result: Any  # the EngineResult, for plots and the trace
+    tables: Any   # sim.results.tables.Tables
+    result: Any   # the EngineResult, for plots and the trace
+
+    @property
+    def summary(self) -> dict:
+        return self.tables.summary
+
+    @property
+    def requests(self) -> pd.DataFrame:
+        return self.tables.requests
+
+    @property
+    def gpus(self) -> pd.DataFrame:
+        return self.tables.gpus
+
+    @property
+    def links(self) -> pd.DataFrame:
+        return self.tables.links
+
+    @property
+    def steps(self) -> pd.DataFrame:
+        return self.tables.steps
 
     def write(self, out: str | Path, plots: bool = True) -> list[Path]:
-        from .results.tables import Tables  # noqa: PLC0415
         from .results.write import write_results  # noqa: PLC0415
 
-        t = Tables(self.summary, self.requests, self.gpus, self.links, self.steps,
-                   self.link_series)
-        return write_results(self.result, t, Path(out), plots=plots)
+        return write_results(self.result, self.tables, Path(out), plots=plots)
 
 
 def simulate(scenario: Scenario, progress=None) -> Run:
@@ -98,8 +110,7 @@ def simulate(scenario: Scenario, progress=None) -> Run:
     from .results.tables import build_tables  # noqa: PLC0415
 
     res = Simulation(scenario).run(progress)
-    t = build_tables(res)
-    return Run(scenario, t.summary, t.requests, t.gpus, t.links, t.steps, t.link_series, res)
+    return Run(scenario, build_tables(res), res)
 
 
 def roofline(scenario: Scenario, batch: float | None = None,
@@ -110,10 +121,8 @@ def roofline(scenario: Scenario, batch: float | None = None,
 def plot_run(run: Run, out_dir: str | Path, fmt: str = "png") -> list[Path]:
     """Latency CDFs, pipeline timeline and link utilisation of a run, as files."""
     from .results.run_plots import plot_run as _plot  # noqa: PLC0415
-    from .results.tables import Tables  # noqa: PLC0415
 
-    t = Tables(run.summary, run.requests, run.gpus, run.links, run.steps, run.link_series)
-    return _plot(run.result, t, Path(out_dir), fmt)
+    return _plot(run.result, run.tables, Path(out_dir), fmt)
 
 
 def plot_roofline(scenario: Scenario, path: str | Path, batch: float | None = None,

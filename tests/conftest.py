@@ -61,3 +61,13 @@ def write_yaml(tmp_path):
         p.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
         return p
     return write
+
+
+def small_run() -> dict:
+    """BASE shortened to a fraction of a second with short outputs, so requests finish."""
+    d = copy.deepcopy(BASE)
+    d["workload"] = {**d["workload"], "duration_s": 0.4, "warmup_s": 0.05,
+                     "output_tokens": {"dist": "fixed", "value": 4},
+                     "arrival": {"process": "poisson", "rate_per_s": 300}}
+    d["batching"] = {"policy": "continuous", "max_batch": 64}
+    return d

@@ -1,12 +1,11 @@
 """trace.json opens in Perfetto (well-formed trace events) and the plots are drawn."""
 
-import copy
 import json
 from collections import defaultdict
 
 import pytest
 
-from conftest import BASE
+from conftest import small_run
 from sim.engine.simulation import simulate
 from sim.results.tables import build_tables
 from sim.results.write import write_results
@@ -15,11 +14,7 @@ from sim.spec import scenario_from_dict
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    d = copy.deepcopy(BASE)
-    d["workload"] = {**d["workload"], "duration_s": 0.4, "warmup_s": 0.05,
-                     "output_tokens": {"dist": "fixed", "value": 4},
-                     "arrival": {"process": "poisson", "rate_per_s": 300}}
-    d["batching"] = {"policy": "continuous", "max_batch": 64}
+    d = small_run()
     res = simulate(scenario_from_dict(d))
     t = build_tables(res)
     out = tmp_path_factory.mktemp("run")

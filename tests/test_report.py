@@ -1,13 +1,12 @@
 """The HTML report: self-contained, and it renders in a real headless Chromium."""
 
-import copy
 import shutil
 import subprocess
 
 import numpy as np
 import pytest
 
-from conftest import BASE
+from conftest import BASE, small_run
 from sim.api import simulate
 from sim.results.report import build_report
 from sim.spec import scenario_from_dict
@@ -19,11 +18,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
-    d = copy.deepcopy(BASE)
-    d["workload"] = {**d["workload"], "duration_s": 0.4, "warmup_s": 0.05,
-                     "output_tokens": {"dist": "fixed", "value": 4},
-                     "arrival": {"process": "poisson", "rate_per_s": 300}}
-    d["batching"] = {"policy": "continuous", "max_batch": 64}
+    d = small_run()
     out = tmp_path_factory.mktemp("run")
     simulate(scenario_from_dict(d)).write(out)
     return out

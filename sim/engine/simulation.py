@@ -399,37 +399,30 @@ class Simulation:
                 self.phases.append((r, s, name, mark, env.now))
             mark = env.now
 
+        def collective(busy: str, prepared, kind: str):
+            """Finish the pending compute (`busy`) and latency, then run the collective."""
+            nonlocal delay
+            yield env.timeout(delay + prepared[0].latency)
+            delay = 0.0
+            phase(busy)
+            yield self._transfer(kind, prepared)
+            phase(kind)
+
         # Per layer: attention (+ dense MLP), then for MoE layers dispatch, experts, combine.
         # Tensor parallelism all-reduces after attention and after the MLP/experts
         # (Megatron-style: two per layer). Timeouts between collectives are merged.
         for is_moe in moe:
             delay += t_dense
             if tp > 1:
-                yield env.timeout(delay + ar[0].latency)
-                delay = 0.0
-                phase("attention")
-                yield self._transfer("all_reduce", ar)
-                phase("all_reduce")
+                yield from collective("attention", ar, "all_reduce")
             if is_moe:
                 if ep > 1:
-                    yield env.timeout(delay + disp[0].latency)
-                    delay = 0.0
-                    phase("attention")
-                    yield self._transfer("dispatch", disp)
-                    phase("dispatch")
+                    yield from collective("attention", disp, "dispatch")
                 delay += t_exp
                 if ep > 1:
-                    yield env.timeout(delay + comb[0].latency)
-                    delay = 0.0
-                    phase("experts")
-                    yield self._transfer("combine", comb)
-                    phase("combine")
+                    yield from collective("experts", comb, "combine")
             if tp > 1:
-                yield env.timeout(delay + ar[0].latency)
-                delay = 0.0
-                phase("experts" if is_moe else "mlp")
-                yield self._transfer("all_reduce", ar)
-                phase("all_reduce")
+                yield from collective("experts" if is_moe else "mlp", ar, "all_reduce")
         if delay > 0:
             yield env.timeout(delay)
             phase("compute")
