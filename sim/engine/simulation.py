@@ -30,13 +30,16 @@ from ..cluster.topology import Cluster, build_cluster
 from ..spec.layout import max_stage_fraction, stage_layers, weight_bytes_per_gpu
 from ..spec.scenario import Scenario
 from ..spec.trace import read_trace
-from ..spec.workload import (DEFAULT_CHUNK_TOKENS, Closed, Fixed, FixedInterval, LogNormal,
-                             Trace, Uniform)
+from ..spec.workload import (DEFAULT_CHUNK_TOKENS, QUEUE_BATCHES, Closed, Fixed,
+                             FixedInterval, LogNormal, Trace, Uniform)
 from . import collectives as coll
 from .costs import (draw_routing, dispatch_matrix, expert_popularity, layer_costs,
                     moe_layer_flags, split_tokens)
 from .network import Network
 from .serving import DONE, DROPPED, RUNNING, RequestTable, Slot
+
+
+ARRIVAL_CHUNK = 4096  # open arrivals are generated this many at a time
 
 
 class CountingEnvironment(simpy.Environment):
@@ -93,6 +96,9 @@ class EngineResult:
     sim_events: int
     wall_time_s: float
     transfers: dict = field(default_factory=dict)  # kind -> [count, bytes]
+    arrived_in_window: int = 0      # every arrival after warm-up, dropped ones included
+    dropped_in_window: int = 0      # turned away at a full queue (not in `requests`)
+    max_queue: int = 0
 
 
 class Simulation:
@@ -145,6 +151,11 @@ class Simulation:
         self.transfers: dict[str, list] = {}
         self.finished = 0
         self.target_requests = s.workload.requests
+        batching = s.batching
+        self.max_queue = batching.max_queue or QUEUE_BATCHES * batching.max_batch * \
+            lay.n_microbatches
+        self.arrived_in_window = 0
+        self.dropped_in_window = 0
         self.all_done = self.env.event()
         self.batching = s.batching
         self.prefill = getattr(self.batching, "prefill", "chunked")
@@ -173,8 +184,9 @@ class Simulation:
             return np.clip(x, 1, dist.max_tokens or np.iinfo(np.int64).max)
         raise AssertionError(dist)
 
-    def _open_arrivals(self):
-        """Arrival times and token counts of an open workload (Poisson or trace)."""
+    def _arrival_chunks(self):
+        """Arrival times and token counts of an open workload, chunk by chunk in arrival
+        order, so memory stays bounded however many requests arrive."""
         w = self.scenario.workload
         if isinstance(w.arrival, Trace):
             t = read_trace(self.scenario.base_dir / w.arrival.path)
@@ -182,25 +194,29 @@ class Simulation:
             a, p, o = t.arrival_s[keep], t.prompt_tokens[keep], t.output_tokens[keep]
             if w.requests is not None:
                 a, p, o = a[:w.requests], p[:w.requests], o[:w.requests]
-            if not _from_trace(w.prompt_tokens):
-                p = self._sample_tokens(w.prompt_tokens, len(a))
-            if not _from_trace(w.output_tokens):
-                o = self._sample_tokens(w.output_tokens, len(a))
-            return a, p, o
-        rate = w.arrival.rate_per_s
-        if w.requests is not None:
-            a = np.cumsum(self.rng_arrivals.exponential(1 / rate, size=w.requests))
-        else:
-            chunks, t = [], 0.0
-            while t <= w.duration_s:
-                gaps = self.rng_arrivals.exponential(1 / rate, size=max(16, int(rate * 10)))
-                c = t + np.cumsum(gaps)
-                chunks.append(c)
-                t = c[-1]
-            a = np.concatenate(chunks)
-            a = a[a < w.duration_s]
-        n = len(a)
-        return a, self._sample_tokens(w.prompt_tokens, n), self._sample_tokens(w.output_tokens, n)
+            for k in range(0, len(a), ARRIVAL_CHUNK):
+                sl = slice(k, k + ARRIVAL_CHUNK)
+                n = len(a[sl])
+                yield (a[sl],
+                       p[sl] if _from_trace(w.prompt_tokens) else
+                       self._sample_tokens(w.prompt_tokens, n),
+                       o[sl] if _from_trace(w.output_tokens) else
+                       self._sample_tokens(w.output_tokens, n))
+            return
+        rate, t, left = w.arrival.rate_per_s, 0.0, w.requests
+        while left is None or left > 0:
+            n = ARRIVAL_CHUNK if left is None else min(ARRIVAL_CHUNK, left)
+            times = t + np.cumsum(self.rng_arrivals.exponential(1 / rate, size=n))
+            if w.duration_s is not None:
+                times = times[times < w.duration_s]
+            if len(times):
+                yield (times, self._sample_tokens(w.prompt_tokens, len(times)),
+                       self._sample_tokens(w.output_tokens, len(times)))
+            if len(times) < n:
+                return
+            t = float(times[-1])
+            if left is not None:
+                left -= n
 
     # ------------------------------------------------------------------ arrivals
 
@@ -208,21 +224,38 @@ class Simulation:
         q = self.queues[r]
         for i in np.atleast_1d(ids):
             q.append(int(i))
-            self.inflight_work_change(r)
         waiters, self.waiters[r] = self.waiters[r], []
         for ev in waiters:
             if not ev.triggered:
                 ev.succeed()
 
-    def inflight_work_change(self, r: int) -> None:
-        """Hook for reliability work (issue 9): queue bound checks go here."""
+    def _offer(self, r: int, at: float, prompt: int, output: int,
+               droppable: bool = True) -> None:
+        """A request arrives at replica r: queued, or dropped when the queue is full (dropped
+        requests are counted, not stored, so overload cannot exhaust memory). Closed-loop
+        clients are never dropped: their concurrency already bounds the queue."""
+        if at >= self.warmup:
+            self.arrived_in_window += 1
+        if droppable and len(self.queues[r]) >= self.max_queue:
+            if at >= self.warmup:
+                self.dropped_in_window += 1
+            self._retire(-1)
+            return
+        self._enqueue(r, self.req.add(at, prompt, output, r))
 
-    def _feeder(self, r: int, times: np.ndarray, ids: np.ndarray):
-        env = self.env
-        for t, i in zip(times, ids):
-            if t > env.now:
-                yield env.timeout(t - env.now)
-            self._enqueue(r, i)
+    def _feeder(self):
+        """One process for all open arrivals, dealt to replicas round robin."""
+        env, k = self.env, 0
+        for times, prompts, outputs in self._arrival_chunks():
+            for t, p, o in zip(times.tolist(), prompts.tolist(), outputs.tolist()):
+                if t > env.now:
+                    yield env.timeout(t - env.now)
+                self._offer(k % self.R, t, p, o)
+                k += 1
+        if self.target_requests is not None:  # a trace may hold fewer than asked
+            self.target_requests = k
+            if self.finished >= k and not self.all_done.triggered:
+                self.all_done.succeed()
 
     def _new_closed_request(self, r: int, at: float) -> None:
         w = self.scenario.workload
@@ -230,12 +263,12 @@ class Simulation:
             return
         p = self._sample_tokens(w.prompt_tokens, 1)
         o = self._sample_tokens(w.output_tokens, 1)
-        ids = self.req.add(at, p, o, r)
         if at <= self.env.now:
-            self._enqueue(r, ids)
+            self._offer(r, at, int(p[0]), int(o[0]), droppable=False)
         else:
             ev = self.env.timeout(at - self.env.now)
-            ev.callbacks.append(lambda _e: self._enqueue(r, ids))
+            ev.callbacks.append(lambda _e: self._offer(r, at, int(p[0]), int(o[0]),
+                                                       droppable=False))
 
     def _start_arrivals(self) -> None:
         w = self.scenario.workload
@@ -243,14 +276,7 @@ class Simulation:
             for c in range(w.arrival.concurrency):
                 self._new_closed_request(c % self.R, 0.0)
             return
-        a, p, o = self._open_arrivals()
-        replica = np.arange(len(a)) % self.R   # round robin over replicas
-        ids = self.req.add(a, p, o, replica)
-        for r in range(self.R):
-            mine = replica == r
-            self.env.process(self._feeder(r, a[mine], ids[mine]))
-        if self.target_requests is not None:
-            self.target_requests = len(a)
+        self.env.process(self._feeder())
 
     # ------------------------------------------------------------------ batching
 
@@ -518,7 +544,9 @@ class Simulation:
             stage_busy=busy, stage_bubble=bubble, network=self.net,
             window=(self.warmup, end), output_tokens=self.output_tokens,
             input_tokens=self.input_tokens, kv_capacity_tokens=self.kv_capacity,
-            sim_events=self.env.events_processed, wall_time_s=wall, transfers=self.transfers)
+            sim_events=self.env.events_processed, wall_time_s=wall, transfers=self.transfers,
+            arrived_in_window=self.arrived_in_window, dropped_in_window=self.dropped_in_window,
+            max_queue=self.max_queue)
 
 
 def _from_trace(dist) -> bool:

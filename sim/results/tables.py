@@ -121,7 +121,8 @@ def summarise(res: EngineResult, req: pd.DataFrame, gpus: pd.DataFrame,
     window = t1 - t0
     done = (req["status"] == "completed") & (req["finish_s"] >= t0)
     measured = done & (req["arrival_s"] >= t0)
-    dropped = (req["status"] == "dropped") & (req["arrival_s"] >= t0)
+    dropped = int(((req["status"] == "dropped") & (req["arrival_s"] >= t0)).sum()) \
+        + res.dropped_in_window
     in_flight = req["status"].isin(["waiting", "running"])
     used = gpus[gpus["role"] == "serving"]
     frac = {c: float((used[f"{c}_s"] / window).mean()) if window > 0 else 0.0
@@ -152,10 +153,15 @@ def summarise(res: EngineResult, req: pd.DataFrame, gpus: pd.DataFrame,
         "hardware": s.hardware.name, "racks": s.racks, "model": s.model.name,
         "layout": s.layout.model_dump(), "gpus": gpu_count,
         "window_s": [t0, t1],
-        "requests_arrived": int((req["arrival_s"] >= t0).sum()),
+        "requests_arrived": res.arrived_in_window,
         "requests_completed": int(done.sum()),
-        "requests_dropped": int(dropped.sum()),
+        "requests_dropped": dropped,
         "requests_in_flight": int(in_flight.sum()),
+        # overload: arrivals turned away, or arriving clearly faster than requests complete
+        "arrival_rate_per_s": res.arrived_in_window / window if window > 0 else 0.0,
+        "service_rate_per_s": float(done.sum()) / window if window > 0 else 0.0,
+        "overloaded": bool(dropped > 0 or (in_flight.sum() > res.max_queue / 2)),
+        "max_queue_per_replica": res.max_queue,
         "output_tokens_per_s": out_tps,
         "input_tokens_per_s": res.input_tokens / window if window > 0 else 0.0,
         "tokens_per_s_per_gpu": out_tps / gpu_count,

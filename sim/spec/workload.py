@@ -108,6 +108,13 @@ class Workload(Spec):
 # Without a cap, prompts arriving during a long prefill step make the next one longer still.
 DEFAULT_CHUNK_TOKENS = 8192
 
+# Admission bound: a replica whose queue holds this many waiting requests drops new arrivals
+# (counted in requests_dropped). Ten full batches of every microbatch slot is far beyond what
+# a deployment that keeps up ever queues, and it bounds memory under any overload.
+QUEUE_BATCHES = 10
+MAX_QUEUE_DOC = (f"waiting requests per replica before arrivals are dropped; default "
+                 f"{QUEUE_BATCHES} x max_batch x microbatches")
+
 
 class FixedInterval(Spec):
     """A step departs every `interval`, full or not (domain.md section 2's train schedule)."""
@@ -115,6 +122,7 @@ class FixedInterval(Spec):
     policy: Literal["fixed_interval"]
     interval: Seconds
     max_batch: PositiveInt = Field(description="sequences per microbatch, upper bound")
+    max_queue: PositiveInt | None = Field(None, description=MAX_QUEUE_DOC)
 
 
 class Continuous(Spec):
@@ -122,6 +130,7 @@ class Continuous(Spec):
 
     policy: Literal["continuous"]
     max_batch: PositiveInt = Field(description="sequences per microbatch, upper bound")
+    max_queue: PositiveInt | None = Field(None, description=MAX_QUEUE_DOC)
     prefill: Literal["chunked", "separate"] = Field(
         "chunked", description="chunked: prompt chunks ride with decode steps; "
                                "separate: prefill runs as its own steps")
