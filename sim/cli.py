@@ -172,15 +172,26 @@ def run(
 
     if fmt not in ("png", "svg"):
         raise typer.BadParameter("use png or svg", param_hint="--format")
+    import time  # noqa: PLC0415
+
+    sim_start = time.time()
     s = load_scenario(scenario)
     sim = Simulation(s)
     bar = _LazyProgress(f"simulating {s.spec.name or s.file}")
     try:
-        res = sim.run(progress=bar)
-    finally:
-        bar.close()
-    tables = build_tables(res)
-    write_results(res, tables, out_dir, plots=not no_plots, fmt=fmt)
+        try:
+            res = sim.run(progress=bar)
+        finally:
+            bar.close()
+        tables = build_tables(res)
+        write_results(res, tables, out_dir, plots=not no_plots, fmt=fmt)
+    except KeyboardInterrupt:
+        summary = out_dir / "summary.json"   # written by this run only if the swap happened
+        done = summary.exists() and summary.stat().st_mtime >= sim_start
+        err.print("interrupted: " + (f"the results in {out_dir}/ are complete" if done else
+                                     f"no results written (anything already in {out_dir}/ "
+                                     "is from an earlier run)"))
+        raise typer.Exit(130) from None
     if as_json:
         typer.echo(summary_json(tables.summary))
         return

@@ -122,3 +122,41 @@ def test_collective_cli_json(monkeypatch, capsys):
     data = json.loads(capsys.readouterr().out)
     assert {"time_s", "algbw_bytes_per_s", "busbw_bytes_per_s", "bottleneck"} <= set(data)
     assert data["algbw_bytes_per_s"] == pytest.approx(64e6 / data["time_s"])
+
+
+def test_ctrl_c_leaves_complete_outputs_or_none(tmp_path, write_yaml):
+    """SIGINT during a long run: exit 130, no partial folder, and the message says so."""
+    import signal
+    import subprocess
+    import time
+
+    from conftest import REPO
+
+    d = copy.deepcopy(BASE)
+    d["workload"] = {**d["workload"], "duration_s": 600, "warmup_s": 1}
+    path = write_yaml(d)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "sim.cli", "run", str(path), "--out",
+                             str(out)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "no results written" in err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+    assert "Traceback" not in err
+
+
+def test_rewriting_a_run_folder_replaces_it_whole(tmp_path):
+    from sim.api import simulate
+
+    d = copy.deepcopy(BASE)
+    d["workload"] = {**d["workload"], "duration_s": 0.1, "warmup_s": 0.02}
+    run = simulate(scenario_from_dict(d))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an earlier run")
+    run.write(out, plots=False)
+    assert not (out / "stale.txt").exists() and (out / "summary.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -57,7 +58,28 @@ def _csv(df: pd.DataFrame, path: Path) -> Path:
 
 def write_results(res: EngineResult, tables: Tables, out: Path, *, plots: bool = True,
                   trace: bool = True, fmt: str = "png") -> list[Path]:
+    """Write a run folder all or nothing: into a temporary sibling folder first, then swapped
+    into place, so an interruption leaves either the complete new folder or the old one."""
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial."))
+    try:
+        names = [p.name for p in _write_files(res, tables, tmp, plots, trace, fmt)]
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old.{os.getpid()}")
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return [out / n for n in names]
+
+
+def _write_files(res: EngineResult, tables: Tables, out: Path, plots: bool, trace: bool,
+                 fmt: str) -> list[Path]:
     written = [
         atomic_write(out / "summary.json",
                      lambda p: p.write_text(summary_json(tables.summary))),
