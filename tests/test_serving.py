@@ -160,3 +160,16 @@ def test_rewriting_a_run_folder_replaces_it_whole(tmp_path):
     run.write(out, plots=False)
     assert not (out / "stale.txt").exists() and (out / "summary.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_trace_streams_in_chunks_and_checks_across_them(tmp_path):
+    from sim.spec.trace import iter_trace
+
+    rows = [(0.001 * i, 5, 2) for i in range(10)]
+    rows[6] = (0.0001, 5, 2)  # goes backwards inside the second chunk of 4
+    (tmp_path / "t.csv").write_text("arrival_s,prompt_tokens,output_tokens\n"
+                                    + "\n".join(f"{a},{p},{o}" for a, p, o in rows))
+    chunks = iter_trace(tmp_path / "t.csv", chunk_rows=4)
+    assert len(next(chunks).arrival_s) == 4
+    with pytest.raises(SpecError, match="row 8: arrival_s goes backwards"):
+        next(chunks)

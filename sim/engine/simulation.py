@@ -29,7 +29,7 @@ from ..cluster.placement import Placement, place
 from ..cluster.topology import Cluster, build_cluster
 from ..spec.layout import max_stage_fraction, stage_layers, weight_bytes_per_gpu
 from ..spec.scenario import Scenario
-from ..spec.trace import read_trace
+from ..spec.trace import iter_trace
 from ..spec.workload import (DEFAULT_CHUNK_TOKENS, QUEUE_BATCHES, Closed, Fixed,
                              FixedInterval, LogNormal, Trace, Uniform)
 from . import collectives as coll
@@ -189,19 +189,22 @@ class Simulation:
         order, so memory stays bounded however many requests arrive."""
         w = self.scenario.workload
         if isinstance(w.arrival, Trace):
-            t = read_trace(self.scenario.base_dir / w.arrival.path)
-            keep = t.arrival_s <= (w.duration_s if w.duration_s is not None else np.inf)
-            a, p, o = t.arrival_s[keep], t.prompt_tokens[keep], t.output_tokens[keep]
-            if w.requests is not None:
-                a, p, o = a[:w.requests], p[:w.requests], o[:w.requests]
-            for k in range(0, len(a), ARRIVAL_CHUNK):
-                sl = slice(k, k + ARRIVAL_CHUNK)
-                n = len(a[sl])
-                yield (a[sl],
-                       p[sl] if _from_trace(w.prompt_tokens) else
-                       self._sample_tokens(w.prompt_tokens, n),
-                       o[sl] if _from_trace(w.output_tokens) else
-                       self._sample_tokens(w.output_tokens, n))
+            end = w.duration_s if w.duration_s is not None else np.inf
+            left = w.requests
+            for t in iter_trace(self.scenario.base_dir / w.arrival.path):
+                keep = t.arrival_s <= end
+                a, p, o = t.arrival_s[keep], t.prompt_tokens[keep], t.output_tokens[keep]
+                if left is not None:
+                    a, p, o = a[:left], p[:left], o[:left]
+                    left -= len(a)
+                n = len(a)
+                if n:
+                    yield (a, p if _from_trace(w.prompt_tokens) else
+                           self._sample_tokens(w.prompt_tokens, n),
+                           o if _from_trace(w.output_tokens) else
+                           self._sample_tokens(w.output_tokens, n))
+                if n < len(t.arrival_s) or left == 0:
+                    return
             return
         rate, t, left = w.arrival.rate_per_s, 0.0, w.requests
         while left is None or left > 0:
