@@ -82,6 +82,8 @@ CASES = [
     ("uniform-reversed", mutate(("workload", "prompt_tokens"),
                                 {"dist": "uniform", "low": 10, "high": 5}),
      "workload.prompt_tokens", ["exceeds"]),
+    ("flops-empty-map", mutate(("hardware", "gpu", "flops"), {}), "hardware.gpu.flops",
+     ["at least one precision"]),
     ("efficiency-above-one", mutate(("hardware", "efficiency"), {"compute": 1.5}),
      "hardware.efficiency.compute", ["less than or equal to 1"]),
     ("dense-with-ep", None, "layout.expert_parallel", ["dense"]),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .base import Bandwidth, Bytes, Flops, Fraction, PositiveInt, SecondsOrZero, Spec
 from .precision import PRECISION_ORDER, Precision
@@ -19,6 +19,13 @@ class GPU(Spec):
         description="dense FLOP/s: one number (at the model's precision) or one per precision")
     hbm_bytes: Bytes = Field(description="usable HBM per GPU")
     hbm_bandwidth: Bandwidth = Field(description="HBM bandwidth per GPU")
+
+    @field_validator("flops")
+    @classmethod
+    def _some_precision(cls, v):
+        if isinstance(v, dict) and not v:
+            raise ValueError("give at least one precision, e.g. {bf16: 2.5e15}")
+        return v
 
     def flops_at(self, precision: Precision) -> tuple[Precision | None, float]:
         """Peak FLOP/s for matmuls at `precision`: the lowest precision the GPU offers that is
