@@ -252,3 +252,24 @@ def test_same_seed_same_files(tmp_path):
     assert "summary.json" in files and "requests.csv" in files
     for name in files:
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("ep,tp", [(4, 2), (2, 4)])
+def test_moe_with_ep_x_tp_is_roofline_plus_collectives(ep, tp):
+    """MoE on EP x TP groups, memory bound: step = roofline + per layer two TP ring
+    all-reduces of the group's activations + dispatch and combine of the expected copies."""
+    b = 64
+    s = make(racks=1, layout={"expert_parallel": ep, "tensor_parallel": tp},
+             engine={"attention_flops": False},
+             **saturated(concurrency=b, max_batch=b, duration=0.2, warmup=0.05))
+    _, t = run(s)
+    steps = t.steps[(t.steps.start >= 0.05) & (t.steps.prefill_tokens == 0)]
+    roof = rf.evaluate(s.model, s.hardware, s.layout, b, 1 + len(t.steps) / 2).step_time_s
+    hw, m = s.hardware, s.model
+    bw, lat, G = hw.scale_up.bandwidth_per_gpu, hw.scale_up.latency, ep * tp
+    size = b / ep * m.hidden * 2                      # one TP group's BF16 activations
+    ar = 2 * (tp - 1) / tp * size / bw + 2 * (tp - 1) * lat
+    copies = b / G * m.moe.top_k * (1 - 1 / ep)       # token copies a GPU sends off its rank
+    a2a = 2 * lat + copies * m.hidden * (1 + 2) / bw  # FP8 dispatch + BF16 combine
+    expected = roof + m.layers * (2 * ar) + m.moe.moe_layers * a2a
+    assert steps.duration_s.mean() == pytest.approx(expected, rel=0.05)
