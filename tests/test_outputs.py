@@ -26,11 +26,13 @@ def test_trace_is_well_formed(run_dir):
     out, res, _ = run_dir
     data = json.loads((out / "trace.json").read_text())
     events = data["traceEvents"]
-    named = {(e["pid"], e.get("tid")) for e in events if e["ph"] == "M"
+    named = {(e["pid"], e["args"]["name"].split(" (")[0]) for e in events if e["ph"] == "M"
              and e["name"] == "thread_name"}
     for r in range(res.placement.replicas):
         for s in range(res.placement.stages):
-            assert (r, s) in named, "every stage has a named track"
+            assert (r, f"stage {s}") in named, "every stage has a named track"
+    tids = [e["tid"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"]
+    assert len(tids) == len(set(tids)), "thread ids unique across processes"
     by_track = defaultdict(list)
     for e in events:
         assert e["ph"] in {"M", "X", "C", "b", "e"}

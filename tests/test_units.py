@@ -34,6 +34,7 @@ def test_parses_units(text, kind, expected):
     ("nan", "bytes"),
     ("inf GB", "bytes"),
     (True, "count"),
+    ("2.2e-311", "flops"),     # subnormal: overflows anything divided by it
     ([1, 2], "bytes"),
 ])
 def test_rejects_wrong_units(text, kind):

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import math
+from array import array
 
 import numpy as np
 import simpy
@@ -74,8 +75,10 @@ class LinkStats:
     saturated: np.ndarray       # time at capacity
     peak: np.ndarray            # highest utilisation seen
     tier_saturated: np.ndarray  # per tier: time during which any of its links was at capacity
-    series_t: list = field(default_factory=list)      # times the rates changed
-    series_util: list = field(default_factory=list)   # per-tier mean utilisation from then
+    # times the rates changed, and per-tier mean utilisation from then (flat, n_tiers per
+    # time), as compact arrays: one entry per re-solve adds up over long runs
+    series_t: array = field(default_factory=lambda: array("d"))
+    series_util: array = field(default_factory=lambda: array("d"))
 
 
 class Network:
@@ -273,7 +276,7 @@ class Network:
                 util[t] += w * bps
         st = self.stats
         st.series_t.append(self.env.now)
-        st.series_util.append([u / max(int(n), 1) for u, n in zip(util, self.tier_links)])
+        st.series_util.extend([u / max(int(n), 1) for u, n in zip(util, self.tier_links)])
 
     def _on_timer(self, version: int) -> None:
         if version == self._timer_version:  # else a newer solve superseded this timer

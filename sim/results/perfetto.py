@@ -38,14 +38,20 @@ def _meta(pid: int, name: str, tid: int | None = None, sort: int | None = None) 
              "args": {"sort_index": tid}}]
 
 
+def _tid(replica: int, stage: int, stages: int) -> int:
+    """Thread ids unique across processes (Perfetto may treat equal tids as one thread)."""
+    return 1 + replica * stages + stage
+
+
 def trace_events(res: EngineResult, tables: Tables) -> dict:
     ev: list[dict] = []
     pl = res.placement.gpus
+    P = pl.shape[1]
     for r in range(pl.shape[0]):
         ev += _meta(r, f"replica {r}", sort=r)
         for s in range(pl.shape[1]):
             g = pl[r, s]
-            ev += _meta(r, f"stage {s} (GPUs {g.min()}-{g.max()})", tid=s)
+            ev += _meta(r, f"stage {s} (GPUs {g.min()}-{g.max()})", tid=_tid(r, s, P))
     st = res.stage_steps
     n = len(st["start"])
     keep = min(n, MAX_HOLDS)
@@ -56,15 +62,18 @@ def trace_events(res: EngineResult, tables: Tables) -> dict:
         t0, t1 = float(st["start"][i]), float(st["end"][i])
         key = (r, s)
         if key in prev_end and t0 > prev_end[key]:
-            ev.append({"ph": "X", "pid": r, "tid": s, "name": "bubble", "cat": "bubble",
+            ev.append({"ph": "X", "pid": r, "tid": _tid(r, s, P), "name": "bubble",
+                       "cat": "bubble",
                        "ts": prev_end[key] * US, "dur": (t0 - prev_end[key]) * US})
         prev_end[key] = t1
-        ev.append({"ph": "X", "pid": r, "tid": s, "name": f"step mb {int(st['microbatch'][i])}",
+        ev.append({"ph": "X", "pid": r, "tid": _tid(r, s, P),
+                   "name": f"step mb {int(st['microbatch'][i])}",
                    "cat": "step", "ts": t0 * US, "dur": (t1 - t0) * US,
                    "args": {"microbatch": int(st["microbatch"][i])}})
     for r, s, name, t0, t1 in res.phases:
         if t1 > t0:
-            ev.append({"ph": "X", "pid": int(r), "tid": int(s), "name": name, "cat": "layer",
+            ev.append({"ph": "X", "pid": int(r), "tid": _tid(int(r), int(s), P), "name": name,
+                       "cat": "layer",
                        "ts": t0 * US, "dur": (t1 - t0) * US})
     # network counters
     ev += _meta(NETWORK_PID, "network", sort=1000)

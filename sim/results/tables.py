@@ -107,10 +107,10 @@ def steps_frame(res: EngineResult) -> pd.DataFrame:
 
 def link_series_frame(res: EngineResult) -> pd.DataFrame:
     st = res.network.stats
-    util = np.array(st.series_util).reshape(-1, len(TIER_NAMES)) if st.series_util else \
-        np.zeros((0, len(TIER_NAMES)))
-    df = pd.DataFrame(util, columns=list(TIER_NAMES[:util.shape[1]]))
-    df.insert(0, "time_s", st.series_t)
+    n_tiers = res.network.n_tiers or len(TIER_NAMES)
+    util = np.frombuffer(st.series_util, dtype=float).reshape(-1, n_tiers).copy()
+    df = pd.DataFrame(util, columns=list(TIER_NAMES[:n_tiers]))
+    df.insert(0, "time_s", np.frombuffer(st.series_t, dtype=float).copy())
     return df
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from typing import Literal
 
 Kind = Literal["bytes", "bandwidth", "time", "flops", "count"]
@@ -91,6 +92,8 @@ def parse_quantity(value: object, kind: Kind) -> float:
         raise UnitError(f"expected {EXAMPLES[kind]}, got {type(value).__name__}")
     if not math.isfinite(number):
         raise UnitError(f"{value!r} is not a finite number")
+    if number != 0 and abs(number) < sys.float_info.min:
+        raise UnitError(f"{value!r} is too small to compute with (below {sys.float_info.min:g})")
     return number
 
 
