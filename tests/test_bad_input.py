@@ -157,3 +157,13 @@ def test_yaml_round_trip_of_valid_base_runs(write_yaml, monkeypatch, capsys):
     code, out, err = run_cli(monkeypatch, capsys, "roofline", write_yaml(BASE), "--json")
     assert code in (0, None), err
     assert yaml.safe_load(out)["fits"] is True
+
+
+def test_no_request_can_ever_fit_is_rejected_at_load(write_yaml, monkeypatch, capsys):
+    from conftest import TOY_DENSE
+    d = copy.deepcopy(BASE)
+    d.update(model=TOY_DENSE, racks=1, layout={"tensor_parallel": 1})
+    d["workload"] = {**d["workload"], "prompt_tokens": {"dist": "fixed", "value": 30000},
+                     "output_tokens": {"dist": "fixed", "value": 40000}}
+    code, _, err = run_cli(monkeypatch, capsys, "roofline", write_yaml(d))
+    assert code == 2 and "no request can ever be admitted" in err and ": workload:" in err

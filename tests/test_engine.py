@@ -273,3 +273,33 @@ def test_moe_with_ep_x_tp_is_roofline_plus_collectives(ep, tp):
     a2a = 2 * lat + copies * m.hidden * (1 + 2) / bw  # FP8 dispatch + BF16 combine
     expected = roof + m.layers * (2 * ar) + m.moe.moe_layers * a2a
     assert steps.duration_s.mean() == pytest.approx(expected, rel=0.05)
+
+
+@pytest.mark.parametrize("duration", [0.30, 0.31, 0.315])
+def test_unfinished_step_at_the_end_is_busy_not_bubble(duration):
+    """PP 1, one microbatch, saturated: no bubble, whether or not a step is cut by the end
+    of the run (found in review: the cut step counted as bubble)."""
+    hw = {"gpu": {"flops": 1.0e15, "hbm_bytes": 80e9, "hbm_bandwidth": 0.2e12}, **FAST_NET}
+    s = make(hardware=hw, model=TOY_DENSE, racks=1, layout={"tensor_parallel": 8},
+             **saturated(concurrency=64, max_batch=64, duration=duration, warmup=0.05))
+    res, t = run(s)
+    assert t.summary["bubble_fraction"] == pytest.approx(0.0, abs=1e-9)
+    frac = t.summary["gpu_time_fraction"]
+    assert sum(frac.values()) == pytest.approx(1.0) and frac["idle"] < 1e-9
+
+
+def test_closed_loop_keeps_its_concurrency_when_requests_cannot_fit():
+    """A client whose request is dropped (its KV can never fit) sends its next one
+    (found in review: such clients vanished and concurrency decayed)."""
+    s = make(model=TOY_DENSE, racks=1, layout={"tensor_parallel": 1},
+             hardware={"gpu": {"flops": 1e15, "hbm_bytes": 30.1e9, "hbm_bandwidth": 1e14}},
+             workload={"arrival": {"process": "closed", "concurrency": 32},
+                       "prompt_tokens": {"dist": "fixed", "value": 100},
+                       "output_tokens": {"dist": "lognormal", "mean_tokens": 2000,
+                                         "sigma": 1.0},
+                       "duration_s": 3.0, "warmup_s": 0.1},
+             batching={"policy": "continuous", "max_batch": 32})
+    _, t = run(s)
+    req = t.requests
+    assert (req.status == "dropped").sum() > 0, "the tail does not fit"
+    assert t.summary["requests_in_flight"] == 32

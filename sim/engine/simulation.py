@@ -27,7 +27,7 @@ import simpy
 
 from ..cluster.placement import Placement, place
 from ..cluster.topology import Cluster, build_cluster
-from ..spec.layout import max_stage_fraction, stage_layers, weight_bytes_per_gpu
+from ..spec.layout import kv_capacity_tokens, stage_layers
 from ..spec.scenario import Scenario
 from ..spec.trace import iter_trace
 from ..spec.workload import (DEFAULT_CHUNK_TOKENS, QUEUE_BATCHES, Closed, Fixed,
@@ -132,7 +132,7 @@ class Simulation:
         self.stages = [[simpy.Resource(self.env, 1) for _ in range(self.P)]
                        for _ in range(self.R)]
         self.inflight = [Interval(self.warmup) for _ in range(self.R)]
-        self.kv_capacity = self._kv_capacity_tokens()
+        self.kv_capacity = kv_capacity_tokens(s.model, s.layout, s.hardware.gpu.hbm_bytes)
         self.kv_reserved = np.zeros(self.R)
         n = self.cluster.n_gpus
         self.gpu_compute = np.zeros(n)
@@ -144,6 +144,7 @@ class Simulation:
         self.stage_rows: dict[str, list] = {k: [] for k in (
             "replica", "stage", "microbatch", "start", "end")}
         self.phases: list[tuple] = []
+        self.holding: dict = {}   # (replica, stage) -> (start, gpus, comp, mem) while held
         self.detail_steps = s.spec.engine.trace_detail_steps
         self.steps_detailed = 0   # steps after warm-up whose phases go in the trace
         self.output_tokens = 0
@@ -162,14 +163,6 @@ class Simulation:
         self.chunk = getattr(self.batching, "chunk_tokens", DEFAULT_CHUNK_TOKENS)
 
     # ------------------------------------------------------------------ setup
-
-    def _kv_capacity_tokens(self) -> float:
-        s = self.scenario
-        m, lay = s.model, s.layout
-        free = s.hardware.gpu.hbm_bytes - weight_bytes_per_gpu(m, lay)
-        per_token = m.kv_bytes_per_token * max_stage_fraction(m.layers, lay.pipeline_parallel) \
-            / lay.stage_gpus
-        return math.inf if per_token == 0 else math.floor(free / per_token)
 
     def _sample_tokens(self, dist, n: int) -> np.ndarray:
         rng = self.rng_tokens
@@ -290,10 +283,13 @@ class Simulation:
         while q and len(slot) + len(new) < cap:
             i = q[0]
             need = req.prompt[i] + req.output[i]
-            if need > self.kv_capacity:
-                q.popleft()
+            if need > self.kv_capacity:  # can never fit: dropped, and a closed-loop client
+                q.popleft()               # sends its next request
                 req.status[i] = DROPPED
                 self._retire(i)
+                if isinstance(self.scenario.workload.arrival, Closed):
+                    self._new_closed_request(
+                        r, self.env.now + self.scenario.workload.arrival.think_time_s)
                 continue
             if self.kv_reserved[r] + need > self.kv_capacity:
                 break
@@ -419,6 +415,7 @@ class Simulation:
         t_dense = float(dense_t.max())
         t_exp = float(exp_t.max()) if exp_t is not None else 0.0
         start = env.now
+        self.holding[(r, s)] = (start, gpus, comp, mem)
         delay = 0.0
         mark = start
 
@@ -481,6 +478,7 @@ class Simulation:
         yield self._transfer("send_recv", self._prepare(t))
 
     def _account(self, r, s, j, gpus, start, end, comp, mem) -> None:
+        self.holding.pop((r, s), None)
         rows = self.stage_rows
         for k, v in (("replica", r), ("stage", s), ("microbatch", j), ("start", start),
                      ("end", end)):
@@ -518,8 +516,26 @@ class Simulation:
             end = env.now
         return self._result(end, time.perf_counter() - wall0)
 
+    def _account_unfinished(self, end: float) -> None:
+        """Stage holds still running when the run stops count as busy up to the end: their
+        time goes to compute and memory in the ratio of the step's op times, the rest (if
+        the hold has run longer than its ops) to network."""
+        for (r, s), (start, gpus, comp, mem) in self.holding.items():
+            inside = max(0.0, end - max(start, self.warmup))
+            if inside <= 0:
+                continue
+            ops = comp + mem
+            share = np.minimum(1.0, (end - start) / np.maximum(ops, 1e-300)) * \
+                inside / max(end - start, 1e-300)
+            self.stage_busy[r, s] += inside
+            self.gpu_compute[gpus] += comp * share
+            self.gpu_memory[gpus] += mem * share
+            self.gpu_network[gpus] += np.maximum(inside - (comp + mem) * share, 0.0)
+        self.holding.clear()
+
     def _result(self, end: float, wall: float) -> EngineResult:
         self.net.finish_stats()  # bring link statistics up to the end
+        self._account_unfinished(end)
         window = end - self.warmup
         n = self.cluster.n_gpus
         busy = self.stage_busy

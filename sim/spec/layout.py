@@ -74,3 +74,13 @@ def kv_bytes_per_gpu(model: Model, layout: Layout, batch: float, context: float)
 
 def memory_per_gpu(model: Model, layout: Layout, batch: float, context: float) -> float:
     return weight_bytes_per_gpu(model, layout) + kv_bytes_per_gpu(model, layout, batch, context)
+
+
+def kv_capacity_tokens(model: Model, layout: Layout, hbm_bytes: float) -> float:
+    """Context tokens one replica can hold in KV: HBM left after the largest stage's weights,
+    per GPU, over the KV bytes a token puts on each of that stage's GPUs."""
+    free = hbm_bytes - weight_bytes_per_gpu(model, layout)
+    per_token = model.kv_bytes_per_token * max_stage_fraction(model.layers,
+                                                              layout.pipeline_parallel) \
+        / layout.stage_gpus
+    return float("inf") if per_token == 0 else float(free // per_token)

@@ -15,7 +15,7 @@ from .base import NonNegativeInt, PositiveInt, PositiveNumber, Spec
 from .engine_options import EngineOptions, HotRouting, MoEOptions
 from .errors import SpecError
 from .hardware import Hardware
-from .layout import Layout, memory_per_gpu, weight_bytes_per_gpu
+from .layout import Layout, kv_capacity_tokens, memory_per_gpu, weight_bytes_per_gpu
 from .model import Model, ModelFile
 from .presets import load_hardware, load_model
 from .units import format_quantity
@@ -176,6 +176,14 @@ def check_feasible(s: Scenario) -> None:
             fix=f"spread a replica over at least {min_gpus} GPUs (raise expert_parallel, "
                 "tensor_parallel or pipeline_parallel), or use lower-precision weights "
                 "(model: {preset: NAME, weight_precision: fp4})")
+    smallest = _smallest_request(s.workload)
+    capacity = kv_capacity_tokens(m, lay, have)
+    if smallest is not None and smallest > capacity:
+        raise SpecError(
+            f"no request can ever be admitted: the smallest has {smallest:,} tokens (prompt + "
+            f"output, whose KV is reserved on admission) but one replica's KV cache holds "
+            f"{capacity:,.0f} tokens", file=file, key="workload",
+            fix="shorten prompts or outputs, or spread the model over more GPUs")
     need = memory_per_gpu(m, lay, 1, context)
     if need > have:
         raise SpecError(
@@ -185,6 +193,15 @@ def check_feasible(s: Scenario) -> None:
             f"{format_quantity(have, 'B')}", file=file, key="workload",
             fix="shorten prompt_tokens/output_tokens, or spread the model over more GPUs "
                 "(expert_parallel, tensor_parallel, pipeline_parallel)")
+
+
+def _smallest_request(w: Workload) -> int | None:
+    """Fewest prompt + output tokens any request can have (None when a trace decides)."""
+    def low(d):
+        return {"fixed": getattr(d, "value", None), "uniform": getattr(d, "low", None),
+                "lognormal": 1}.get(d.dist)
+    p, o = low(w.prompt_tokens), low(w.output_tokens)
+    return None if p is None or o is None else p + o
 
 
 # --------------------------------------------------------------------------- JSON Schema
