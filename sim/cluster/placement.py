@@ -2,7 +2,8 @@
 
 Stage groups (EP x TP GPUs) are laid out in order replica by replica, stage by stage:
 - a group that fits in a scale-up domain is placed inside one (never split across two);
-- a larger group spans the fewest whole domains, spread evenly over them;
+- a larger group spans the fewest whole domains, spread evenly over them in whole TP groups
+  (a TP group never crosses a domain: its all-reduces stay on the scale-up fabric);
 so pipeline stages land on consecutive domains (racks, when a stage fills one) and
 data-parallel replicas side by side.
 """
@@ -47,7 +48,10 @@ def place(cluster: Cluster, layout: Layout, file: str | None = None) -> Placemen
     n_dom = cluster.n_gpus // per_dom
     size = layout.stage_gpus
     span = math.ceil(size / per_dom)
-    per = math.ceil(size / span)
+    tp, ep = layout.tensor_parallel, layout.expert_parallel
+    while span < ep and math.ceil(ep / span) * tp > per_dom:
+        span += 1  # whole TP groups per domain must fit in a domain
+    per = math.ceil(ep / span) * tp
     free = np.full(n_dom, per_dom)  # free GPUs left in each domain (filled in order)
     out = np.empty((layout.data_parallel, layout.pipeline_parallel, size), dtype=np.int64)
     d = 0

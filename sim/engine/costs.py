@@ -140,11 +140,14 @@ def draw_routing(costs: LayerCosts, tokens: np.ndarray, popularity: np.ndarray,
 
 
 def dispatch_matrix(costs: LayerCosts, routing: Routing, per_copy_bytes: float) -> np.ndarray:
-    """Bytes GPU i sends GPU j: token copies to j's experts, split over j's TP ranks."""
+    """Bytes GPU i sends GPU j: GPU i's token copies routed to experts of j's EP rank. Every
+    TP GPU of that rank needs the whole activation (its experts are split TP ways), and
+    copies for experts on i's own rank need no transfer (its TP peers already hold them)."""
     G, ep, tp = costs.G, costs.ep, costs.tp
     to_rank = routing.counts.reshape(G, ep, costs.experts_per_rank).sum(axis=2)  # [G, ep]
-    to_gpu = np.repeat(to_rank / tp, tp, axis=1)                                    # [G, G]
-    return to_gpu * per_copy_bytes
+    rank = np.arange(G) // tp
+    to_rank[np.arange(G), rank] = 0
+    return np.repeat(to_rank, tp, axis=1) * per_copy_bytes                      # [G, G]
 
 
 def split_tokens(total: int, parts: int) -> np.ndarray:

@@ -99,6 +99,7 @@ class EngineResult:
     arrived_in_window: int = 0      # every arrival after warm-up, dropped ones included
     dropped_in_window: int = 0      # turned away at a full queue (not in `requests`)
     max_queue: int = 0
+    longest_queue: int = 0          # waiting requests in the fullest replica queue at the end
 
 
 class Simulation:
@@ -220,6 +221,10 @@ class Simulation:
         q = self.queues[r]
         for i in np.atleast_1d(ids):
             q.append(int(i))
+        self._wake(r)
+
+    def _wake(self, r: int) -> None:
+        """Resume the microbatches of replica r that wait for work."""
         waiters, self.waiters[r] = self.waiters[r], []
         for ev in waiters:
             if not ev.triggered:
@@ -339,6 +344,8 @@ class Simulation:
             for s in range(self.P):
                 with self.stages[r][s].request() as hold:
                     yield hold
+                    if s == 0:  # a step's time runs from getting the first stage
+                        start = env.now
                     yield from self._run_stage(r, s, j, plan, detail)
                 if s < self.P - 1:
                     yield from self._stage_boundary(r, s, plan)
@@ -360,6 +367,8 @@ class Simulation:
             req.finish[done] = now
             req.status[done] = DONE
             self.kv_reserved[r] -= float((req.prompt[done] + req.output[done]).sum())
+            if self.queues[r]:  # freed KV may admit waiting requests in idle microbatches
+                self._wake(r)
             closed = isinstance(self.scenario.workload.arrival, Closed)
             for i in done:
                 self._retire(i)
@@ -565,7 +574,7 @@ class Simulation:
             input_tokens=self.input_tokens, kv_capacity_tokens=self.kv_capacity,
             sim_events=self.env.events_processed, wall_time_s=wall, transfers=self.transfers,
             arrived_in_window=self.arrived_in_window, dropped_in_window=self.dropped_in_window,
-            max_queue=self.max_queue)
+            max_queue=self.max_queue, longest_queue=max(len(q) for q in self.queues))
 
 
 def _from_trace(dist) -> bool:

@@ -160,7 +160,7 @@ def summarise(res: EngineResult, req: pd.DataFrame, gpus: pd.DataFrame,
         # overload: arrivals turned away, or arriving clearly faster than requests complete
         "arrival_rate_per_s": res.arrived_in_window / window if window > 0 else 0.0,
         "service_rate_per_s": float(done.sum()) / window if window > 0 else 0.0,
-        "overloaded": bool(dropped > 0 or (in_flight.sum() > res.max_queue / 2)),
+        "overloaded": bool(dropped > 0 or res.longest_queue > res.max_queue / 2),
         "max_queue_per_replica": res.max_queue,
         "output_tokens_per_s": out_tps,
         "input_tokens_per_s": res.input_tokens / window if window > 0 else 0.0,
