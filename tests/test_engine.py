@@ -266,7 +266,7 @@ def test_moe_with_ep_x_tp_is_roofline_plus_collectives(ep, tp):
     steps = t.steps[(t.steps.start >= 0.05) & (t.steps.prefill_tokens == 0)]
     roof = rf.evaluate(s.model, s.hardware, s.layout, b, 1 + len(t.steps) / 2).step_time_s
     hw, m = s.hardware, s.model
-    bw, lat, G = hw.scale_up.bandwidth_per_gpu, hw.scale_up.latency, ep * tp
+    bw, lat = hw.scale_up.bandwidth_per_gpu, hw.scale_up.latency
     size = b / ep * m.hidden * 2                      # one TP group's BF16 activations
     ar = 2 * (tp - 1) / tp * size / bw + 2 * (tp - 1) * lat
     # a GPU sends its b/G tokens' copies for other ranks to each of their tp GPUs; a GPU
