@@ -61,7 +61,6 @@ class Candidate:
     dp: int
     microbatches: int
     batch: int
-    roofline: rf.Roofline
     tpot_floor_s: float          # time per output token, prefill load included
     tokens_per_s_per_gpu: float  # the same bound on throughput
 
@@ -158,7 +157,7 @@ def candidates(data: dict, hardware: str, budget_gpus: int | None, file: str,
                        r.weight_time_s + r.kv_time_s) + comm_fixed + tokens * comm_per_token
             cycle = float(rf.token_cycle(s.model, s.layout, step))
             rate = float(rf.tokens_per_s(s.model, s.layout, b, step))
-            out.append(Candidate(hardware, racks, ep, tp, pp, dp, m, b, r, cycle,
+            out.append(Candidate(hardware, racks, ep, tp, pp, dp, m, b, cycle,
                                  rate / s.layout.total_gpus))
     return out
 

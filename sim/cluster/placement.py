@@ -32,10 +32,6 @@ class Placement:
     def stages(self) -> int:
         return self.gpus.shape[1]
 
-    @property
-    def group_size(self) -> int:
-        return self.gpus.shape[2]
-
     def group(self, replica: int, stage: int) -> np.ndarray:
         return self.gpus[replica, stage]
 

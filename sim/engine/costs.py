@@ -38,7 +38,6 @@ class LayerCosts:
     expert_params: float          # one routed expert of one layer
     experts: int
     top_k: int
-    hidden: int
     dispatch_bytes: float         # per token per expert copy
     combine_bytes: float
     activation_bytes: float       # per token, stage boundary and TP all-reduce
@@ -92,7 +91,7 @@ def layer_costs(model: Model, hardware: Hardware, layout: Layout, moe: MoEOption
         attn_flops_per_ctx=(model.attention_flops_per_context_token / L) if attention_flops
         else 0.0,
         kv_bytes_per_token=model.kv_bytes_per_token / L,
-        expert_params=per_expert, experts=E, top_k=k, hidden=model.hidden,
+        expert_params=per_expert, experts=E, top_k=k,
         dispatch_bytes=model.hidden * BYTES_PER_ELEMENT[moe.dispatch_precision],
         combine_bytes=model.hidden * BYTES_PER_ELEMENT[moe.combine_precision],
         activation_bytes=model.hidden * BYTES_PER_ELEMENT[activation_precision])

@@ -240,7 +240,7 @@ class Simulation:
         if droppable and len(self.queues[r]) >= self.max_queue:
             if at >= self.warmup:
                 self.dropped_in_window += 1
-            self._retire(-1)
+            self._count_finished()
             return
         self._enqueue(r, self.req.add(at, prompt, output, r))
 
@@ -291,7 +291,7 @@ class Simulation:
             if need > self.kv_capacity:  # can never fit: dropped, and a closed-loop client
                 q.popleft()               # sends its next request
                 req.status[i] = DROPPED
-                self._retire(i)
+                self._count_finished()
                 if isinstance(self.scenario.workload.arrival, Closed):
                     self._new_closed_request(
                         r, self.env.now + self.scenario.workload.arrival.think_time_s)
@@ -307,7 +307,8 @@ class Simulation:
             req.status[ids] = RUNNING
             slot.admit(ids, req.prompt[ids], req.output[ids])
 
-    def _retire(self, i: int) -> None:
+    def _count_finished(self) -> None:
+        """One more request completed or dropped; ends a `requests:` run at its target."""
         self.finished += 1
         if self.target_requests is not None and self.finished >= self.target_requests \
                 and not self.all_done.triggered:
@@ -370,8 +371,8 @@ class Simulation:
             if self.queues[r]:  # freed KV may admit waiting requests in idle microbatches
                 self._wake(r)
             closed = isinstance(self.scenario.workload.arrival, Closed)
-            for i in done:
-                self._retire(i)
+            for _ in done:
+                self._count_finished()
                 if closed:
                     self._new_closed_request(r, now + self.scenario.workload.arrival.think_time_s)
         rows = self.step_rows

@@ -5,7 +5,7 @@ check that the layout can run at all. The result, `Scenario`, is what every late
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,9 +22,6 @@ from .units import format_quantity
 from .validation import validate
 from .workload import Batching, FromTrace, Workload, mean_context
 from .yamlio import read_yaml
-
-SCHEMA_URL_HINT = "# yaml-language-server: $schema=racksim-scenario.schema.json"
-
 
 class ScenarioFile(Spec):
     """Top level of a scenario file."""
@@ -102,15 +99,6 @@ def scenario_from_dict(data: Any, *, file: str = "<inline>", base_dir: Path = Pa
     scenario = Scenario(file=file, spec=spec, hardware=hardware, model=model, base_dir=base_dir)
     check_feasible(scenario)
     return scenario
-
-
-def with_layout(scenario: Scenario, **changes: int) -> Scenario:
-    """The same scenario with layout fields changed, checked again."""
-    spec = scenario.spec.model_copy(
-        update={"layout": scenario.layout.model_copy(update=changes)})
-    out = replace(scenario, spec=validate(ScenarioFile, spec.model_dump(), scenario.file))
-    check_feasible(out)
-    return out
 
 
 # --------------------------------------------------------------------------- feasibility

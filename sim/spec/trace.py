@@ -79,10 +79,3 @@ def iter_trace(path: Path, key: str = "workload.arrival.path", chunk_rows: int =
                             "below it") from None
     if not seen:
         raise SpecError("trace has no rows", file=file, fix="add at least one request")
-
-
-def read_trace(path: Path, key: str = "workload.arrival.path") -> RequestTrace:
-    """The whole trace at once (small traces, tests)."""
-    parts = list(iter_trace(path, key))
-    return RequestTrace(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                          ("arrival_s", "prompt_tokens", "output_tokens")))

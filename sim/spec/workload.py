@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -154,6 +153,3 @@ def mean_context(workload: Workload, trace_means: tuple[float, float] | None = N
         p, o = prompt.mean, output.mean
     return p + o / 2
 
-
-def ceil_int(x: float) -> int:
-    return int(math.ceil(x - 1e-9))
