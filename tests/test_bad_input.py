@@ -84,6 +84,8 @@ CASES = [
      "workload.prompt_tokens", ["exceeds"]),
     ("flops-empty-map", mutate(("hardware", "gpu", "flops"), {}), "hardware.gpu.flops",
      ["at least one precision"]),
+    ("flops-absurdly-small", mutate(("hardware", "gpu", "flops"), 1e-300), "hardware.gpu.flops",
+     ["too small to compute with"]),
     ("efficiency-above-one", mutate(("hardware", "efficiency"), {"compute": 1.5}),
      "hardware.efficiency.compute", ["less than or equal to 1"]),
     ("dense-with-ep", None, "layout.expert_parallel", ["dense"]),

@@ -57,7 +57,8 @@ def mutate(data, op, path, value, newkey):
     return data
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=3000, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))  # CI reproducible; vary seeds by hand
 @given(st.lists(mutation, min_size=1, max_size=4))
 def test_mutated_scenarios_are_valid_or_clean_errors(mutations):
     data = copy.deepcopy(BASE)

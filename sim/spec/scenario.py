@@ -140,6 +140,7 @@ def check_feasible(s: Scenario) -> None:
         raise SpecError(f"{pp} stages for {m.layers} layers", file=file,
                         key="layout.pipeline_parallel",
                         fix=f"use at most {m.layers} stages")
+    _check_finite_times(s)
     if tp > hw.domain_gpus:
         raise SpecError(
             f"tensor_parallel {tp} exceeds the {hw.domain_gpus}-GPU scale-up domain of "
@@ -181,6 +182,28 @@ def check_feasible(s: Scenario) -> None:
             f"{format_quantity(have, 'B')}", file=file, key="workload",
             fix="shorten prompt_tokens/output_tokens, or spread the model over more GPUs "
                 "(expert_parallel, tensor_parallel, pipeline_parallel)")
+
+
+def _check_finite_times(s: Scenario) -> None:
+    """Figures so small that a full step would take infinite time (float overflow) are
+    rejected, whatever their form: checked at the largest batch with a generous context."""
+    m, hw = s.model, s.hardware
+    batch, context = s.batching.max_batch, 1e7
+    _, peak = hw.gpu.flops_at(m.compute_precision)
+    activations = batch * m.hidden * 4.0
+    times = {
+        "hardware.gpu.flops": 2.0 * batch * m.active_params / peak,
+        "hardware.gpu.hbm_bandwidth": (m.weight_bytes + batch * context * m.kv_bytes_per_token)
+        / hw.gpu.hbm_bandwidth,
+        "hardware.scale_up.bandwidth_per_gpu": activations / hw.scale_up.bandwidth_per_gpu,
+        "hardware.scale_out.bandwidth_per_gpu": activations / hw.scale_out.bandwidth_per_gpu,
+    }
+    for key, t in times.items():
+        if not math.isfinite(t):
+            raise SpecError("too small to compute with: a step would take an infinite time",
+                            file=s.file, key=key,
+                            fix="give it in SI base units or with a unit, e.g. 2.5e15 or "
+                                "\"8 TB/s\"")
 
 
 def _smallest_request(w: Workload) -> int | None:
