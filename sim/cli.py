@@ -350,6 +350,66 @@ def report(
 
 
 @app.command()
+def validate(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    plot_file: Annotated[Optional[Path], typer.Option("--plot", help="PNG/SVG: predicted "
+                                                      "against published, log-log")] = None,
+    fast: Annotated[bool, typer.Option(help="only the cases that run in seconds "
+                                            "(collectives and kernels; no scenarios)")] = False,
+    gate: Annotated[bool, typer.Option(help="exit 1 when a category misses the accuracy "
+                                            "target")] = False,
+    do_calibrate: Annotated[bool, typer.Option("--calibrate", help="redo the calibration and "
+                                               "compare it with topologies/*.yaml")] = False,
+    cases: Annotated[Optional[Path], typer.Option(help="validation folder")] = None,
+):
+    """Run every published case (validation/*_cases.csv) and report predicted vs published."""
+    from . import validate as val  # noqa: PLC0415
+
+    folder = cases or val.VALIDATION_DIR
+    if do_calibrate:
+        fitted = val.calibrate(folder)
+        for g, params in fitted.items():
+            out.print(f"[bold]{g}[/]: " + ", ".join(f"{k} {v:.4g}" for k, v in params.items()))
+        problems = val.check_files(fitted, folder)
+        for p in problems:
+            out.print(f"[yellow]{p}[/]")
+        out.print("hardware files match the calibration" if not problems
+                  else "update the hardware files (values above)")
+        raise typer.Exit(1 if problems else 0)
+    from rich.progress import Progress  # noqa: PLC0415
+
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task("validating", total=None)
+        report = val.validate(folder, only=("exchange", "kernel") if fast else None,
+                              progress=lambda cid: bar.update(task, description=cid))
+    if plot_file is not None:
+        val.plot(report, plot_file)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        t = Table(title="racksim against published measurements", title_justify="left")
+        for col in ("case", "unit", "published", "racksim", "error", ""):
+            t.add_column(col, justify="left" if col in ("case", "unit", "") else "right")
+        for o in report.outcomes:
+            t.add_row(o.row.id, o.row.unit, f"{o.row.value:,.4g}", f"{o.predicted:,.4g}",
+                      f"{o.error:+.1%}", "calibration" if o.calibration else "")
+        out.print(t)
+        s = Table(title=f"held-out cases (target: median |error| <= {val.MEDIAN_TARGET:.0%}, "
+                        f"worst <= {val.WORST_TARGET:.0%})", title_justify="left")
+        for col in ("category", "cases", "held out", "median |error|", "worst |error|", ""):
+            s.add_column(col)
+        for cat, v in report.summary().items():
+            s.add_row(cat, str(v["cases"]), str(v["held_out"]), f"{v['median_abs_error']:.1%}",
+                      f"{v['worst_abs_error']:.1%}",
+                      "within target" if v["within_target"] else "[red]outside target[/]")
+        out.print(s)
+        if plot_file is not None:
+            out.print(f"plot written to {plot_file}")
+    if gate and not report.within_target:
+        raise typer.Exit(1)
+
+
+@app.command()
 def schema():
     """Print the JSON Schema of a scenario file (for editor completion and checking)."""
     typer.echo(json.dumps(scenario_json_schema(), indent=2))

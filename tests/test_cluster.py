@@ -42,7 +42,7 @@ def test_oversubscription_divides_leaf_uplinks():
         "bandwidth_per_gpu": 50e9, "latency": 5e-6, "topology": "fat_tree",
         "oversubscription": 4.0}})
     c = build_cluster(hw, 2)
-    assert c.capacity[c.leaf_up[0]] == pytest.approx(8 * 50e9 / 4)
+    assert c.capacity[c.leaf_up[0]] == pytest.approx(8 * 50e9 / 4 * hw.efficiency.scale_out)
 
 
 def test_export_graphml_and_node_link(tmp_path):

@@ -94,8 +94,11 @@ def test_uncontended_decode_step_is_roofline_plus_communication():
     hw, m = s.hardware, s.model
     G, k, h = 64, m.moe.top_k, m.hidden
     copies_per_gpu = 256 / G * k * (G - 1) / G
-    dispatch = hw.scale_up.latency + copies_per_gpu * h * 1 / hw.scale_up.bandwidth_per_gpu
-    combine = hw.scale_up.latency + copies_per_gpu * h * 2 / hw.scale_up.bandwidth_per_gpu
+    bw = hw.scale_up.bandwidth_per_gpu * hw.efficiency.scale_up
+    fixed = hw.scale_up.latency + hw.efficiency.collective_overhead
+    fp8_token = h * (1 + 4 / 128)   # FP8 elements plus one FP32 scale per 128 (DeepEP format)
+    dispatch = fixed + copies_per_gpu * fp8_token / bw
+    combine = fixed + copies_per_gpu * h * 2 / bw
     expected = roof + m.moe.moe_layers * (dispatch + combine)
     assert measured == pytest.approx(expected, rel=0.05)
 
@@ -318,7 +321,7 @@ def test_ep_x_tp_dispatch_reaches_every_tp_gpu_and_skips_own_rank():
     counts = np.zeros((8, 8))
     counts[0, 4:] = 3         # GPU 0 (rank 0) sends 3 copies to each expert of rank 1
     counts[0, :4] = 5         # and 5 to each expert of its own rank
-    m = dispatch_matrix(c, Routing(counts), 1.0)
+    m = dispatch_matrix(c, Routing(counts, counts.sum(axis=1) // c.top_k), 1.0)
     assert (m[0, :4] == 0).all(), "own rank's TP GPUs already hold the tokens"
     assert (m[0, 4:] == 12).all(), "each TP GPU of rank 1 gets all 12 copies"
 

@@ -140,8 +140,9 @@ def test_max_min_gives_spare_capacity_to_unconstrained_flow():
 def test_collective_cli_figures_hold_to_closed_form():
     h = load_hardware("gb200-nvl72")
     r = run_collective(h, "all_to_all", 64, 64e6)
-    bw = h.scale_up.bandwidth_per_gpu
-    assert r.time_s == pytest.approx(63 / 64 * 64e6 / bw + h.scale_up.latency, rel=0.02)
+    bw = h.scale_up.bandwidth_per_gpu * h.efficiency.scale_up
+    fixed = h.scale_up.latency + h.efficiency.collective_overhead
+    assert r.time_s == pytest.approx(63 / 64 * 64e6 / bw + fixed, rel=0.02)
     assert r.bottleneck == "scale_up"
     r = run_collective(h, "all_reduce", 8, 1e9)
     assert r.busbw_bytes_per_s == pytest.approx(bw, rel=0.02)

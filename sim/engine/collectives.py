@@ -57,10 +57,26 @@ def pair_loads(cluster: Cluster, gpus: np.ndarray, matrix: np.ndarray,
     return Transfer(np.concatenate(parts_l), np.concatenate(parts_v), latency, float(m.sum()))
 
 
+def launched(cluster: Cluster, t: Transfer, hops: int = 1) -> Transfer:
+    """A collective as launched: `hops` sequential link latencies plus the hardware's fixed
+    per-collective overhead (kernel launch and synchronisation, efficiency.collective_overhead)."""
+    if not len(t.links):
+        return t
+    return Transfer(t.links, t.load,
+                    hops * t.latency + cluster.hardware.efficiency.collective_overhead,
+                    t.bytes_sent)
+
+
+def exchange(cluster: Cluster, gpus: np.ndarray, matrix: np.ndarray) -> Transfer:
+    """One collective moving matrix[i, j] bytes from gpus[i] to gpus[j] (MoE dispatch and
+    combine; the matrix comes from costs.dispatch_matrix)."""
+    return launched(cluster, pair_loads(cluster, gpus, matrix))
+
+
 def all_to_all(cluster: Cluster, gpus: np.ndarray, bytes_per_pair: float) -> Transfer:
     """Every GPU sends `bytes_per_pair` to every other GPU of the group."""
     n = len(gpus)
-    return pair_loads(cluster, gpus, np.full((n, n), float(bytes_per_pair)))
+    return exchange(cluster, gpus, np.full((n, n), float(bytes_per_pair)))
 
 
 def ring_neighbours(n: int) -> np.ndarray:
@@ -72,20 +88,29 @@ def all_reduce(cluster: Cluster, gpus: np.ndarray, size: float,
     """All-reduce of `size` bytes per GPU. Ring: 2(n-1) steps of size/n to the next GPU,
     i.e. 2(n-1)/n x size on each ring link and 2(n-1) latencies. Tree (NCCL's double binary
     tree): the same bytes per link at full pipelining, 2 log2(n) latencies."""
-    n = len(gpus)
+    return group_all_reduce(cluster, gpus, len(gpus), np.full(len(gpus), float(size)),
+                            algorithm)
+
+
+def group_all_reduce(cluster: Cluster, gpus: np.ndarray, n: int, size: np.ndarray,
+                     algorithm: str = "ring") -> Transfer:
+    """Concurrent all-reduces in consecutive groups of `n` GPUs (the TP groups of a stage),
+    gpus[i] contributing size[i] bytes, as one collective."""
     if n < 2:
         return Transfer(np.zeros(0, np.int64), np.zeros(0), 0.0, 0.0)
-    m = np.zeros((n, n))
-    m[np.arange(n), ring_neighbours(n)] = 2.0 * (n - 1) / n * size
-    t = pair_loads(cluster, gpus, m)
+    G = len(gpus)
+    idx = np.arange(G)
+    nxt = (idx // n) * n + ring_neighbours(n)[idx % n]
+    m = np.zeros((G, G))
+    m[idx, nxt] = 2.0 * (n - 1) / n * np.asarray(size, dtype=float)
     hops = 2 * (n - 1) if algorithm == "ring" else 2 * math.ceil(math.log2(n))
-    return Transfer(t.links, t.load, hops * t.latency, t.bytes_sent)
+    return launched(cluster, pair_loads(cluster, gpus, m), hops)
 
 
 def send_recv(cluster: Cluster, src: np.ndarray, dst: np.ndarray, size) -> Transfer:
     """GPU src[i] sends size[i] bytes to dst[i] (pipeline stage boundaries)."""
     size = np.broadcast_to(np.asarray(size, dtype=float), (len(src),))
-    return pair_loads(cluster, src, np.diag(size), dst_gpus=dst)
+    return launched(cluster, pair_loads(cluster, src, np.diag(size), dst_gpus=dst))
 
 
 # nccl-tests bus-bandwidth factors: busbw = algbw x factor(n)

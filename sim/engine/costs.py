@@ -10,6 +10,7 @@ expert's weights only when at least one token was routed to it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,14 @@ from ..spec.engine_options import HotRouting, MoEOptions, ZipfRouting
 from ..spec.hardware import Hardware
 from ..spec.layout import Layout
 from ..spec.model import Model
-from ..spec.precision import BYTES_PER_ELEMENT
+from ..spec.precision import BYTES_PER_ELEMENT, precision_for_bytes
+
+
+def op_time(flops, nbytes, flops_per_s: float, bytes_per_s: float):
+    """The one rule for op timing: (time, compute_bound) = max(flops / achieved FLOP/s,
+    bytes / achieved HBM bandwidth), elementwise over arrays."""
+    t_c, t_m = np.divide(flops, flops_per_s), np.divide(nbytes, bytes_per_s)
+    return np.maximum(t_c, t_m), t_c > t_m
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,7 @@ class LayerCosts:
     ep: int
     tp: int
     flops: float                  # peak x efficiency, per GPU
+    attn_flops_rate: float        # attention: peak at the KV precision x attention efficiency
     bandwidth: float              # HBM bytes/s x efficiency, per GPU
     bpp: float
     dense_weight_bytes: float     # per layer per GPU
@@ -51,11 +60,12 @@ class LayerCosts:
         `tokens[i]` tokens run in GPU i's attention group (its TP group shares them),
         `kv_tokens[i]` context tokens whose KV it reads, `attn_pairs[i]` query x context
         pairs of its attention."""
-        flops = (tokens * self.dense_flops_per_token + attn_pairs * self.attn_flops_per_ctx) \
+        # attention's FLOPs run at their own rate; expressed here as GEMM-equivalent FLOPs
+        flops = (tokens * self.dense_flops_per_token
+                 + attn_pairs * self.attn_flops_per_ctx * (self.flops / self.attn_flops_rate)) \
             / self.tp
         mem = self.dense_weight_bytes + kv_tokens * self.kv_bytes_per_token / self.tp
-        t_c, t_m = flops / self.flops, mem / self.bandwidth
-        return np.maximum(t_c, t_m), t_c > t_m
+        return op_time(flops, mem, self.flops, self.bandwidth)
 
     def expert_phase(self, expert_tokens: np.ndarray):
         """Routed experts on each GPU given tokens per expert (length E):
@@ -63,14 +73,17 @@ class LayerCosts:
         per_rank = expert_tokens.reshape(self.ep, self.experts_per_rank)
         flops = 2.0 * self.expert_params * per_rank.sum(axis=1) / self.tp
         mem = (per_rank > 0).sum(axis=1) * self.expert_params * self.bpp / self.tp
-        t_c, t_m = flops / self.flops, mem / self.bandwidth
-        t, cb = np.maximum(t_c, t_m), t_c > t_m
+        t, cb = op_time(flops, mem, self.flops, self.bandwidth)
         return np.repeat(t, self.tp), np.repeat(cb, self.tp)
 
 
 def layer_costs(model: Model, hardware: Hardware, layout: Layout, moe: MoEOptions,
                 activation_precision: str, attention_flops: bool) -> LayerCosts:
     _, peak = hardware.gpu.flops_at(model.compute_precision)
+    # attention multiplies activations by the KV cache: at the KV precision, at least BF16
+    # (FlashMLA computes in BF16 even over an FP8 cache)
+    attn_prec = precision_for_bytes(max(model.kv_bytes_per_element, BYTES_PER_ELEMENT["bf16"]))
+    _, attn_peak = hardware.gpu.flops_at(attn_prec or "bf16")
     eff = hardware.efficiency
     G = layout.stage_gpus
     L = model.layers
@@ -84,16 +97,17 @@ def layer_costs(model: Model, hardware: Hardware, layout: Layout, moe: MoEOption
     dense_active = model.active_params - k * per_expert * n_moe
     return LayerCosts(
         G=G, ep=layout.expert_parallel, tp=layout.tensor_parallel,
-        flops=peak * eff.compute, bandwidth=hardware.gpu.hbm_bandwidth * eff.memory,
+        flops=peak * eff.compute, attn_flops_rate=attn_peak * eff.attention_compute,
+        bandwidth=hardware.gpu.hbm_bandwidth * eff.memory,
         bpp=model.bytes_per_param,
         dense_weight_bytes=dense_total * model.bytes_per_param / (L * G),
         dense_flops_per_token=2.0 * dense_active / L,
         attn_flops_per_ctx=(model.attention_flops_per_context_token / L) if attention_flops
         else 0.0,
         kv_bytes_per_token=model.kv_bytes_per_token / L,
-        expert_params=per_expert, experts=E, top_k=k,
-        dispatch_bytes=model.hidden * BYTES_PER_ELEMENT[moe.dispatch_precision],
-        combine_bytes=model.hidden * BYTES_PER_ELEMENT[moe.combine_precision],
+        expert_params=per_expert, experts=E + (moe.redundant_experts if E else 0), top_k=k,
+        dispatch_bytes=token_bytes(model.hidden, moe.dispatch_precision, moe.scale_block),
+        combine_bytes=token_bytes(model.hidden, moe.combine_precision, moe.scale_block),
         activation_bytes=model.hidden * BYTES_PER_ELEMENT[activation_precision])
 
 
@@ -120,11 +134,82 @@ def expert_popularity(moe: MoEOptions, experts: int, rng: np.random.Generator) -
     return p / p.sum()
 
 
+def token_bytes(hidden: int, precision: str, scale_block: int) -> float:
+    """Bytes of one token's activation: elements, plus one FP32 scale per `scale_block`
+    elements when the precision is narrower than BF16 (DeepEP's FP8 token format)."""
+    b = hidden * BYTES_PER_ELEMENT[precision]
+    if scale_block and BYTES_PER_ELEMENT[precision] < BYTES_PER_ELEMENT["bf16"]:
+        b += math.ceil(hidden / scale_block) * BYTES_PER_ELEMENT["fp32"]
+    return b
+
+
+def hit_probability(popularity: np.ndarray, top_k: int, sets: np.ndarray, groups: int = 1,
+                    topk_groups: int | None = None) -> np.ndarray:
+    """P(one token's top_k choices include an expert of each set); `sets` is [n_sets, E] 0/1.
+
+    Choices are independent draws from `popularity`, as in `draw_routing`. Under
+    group-limited routing a token first takes `topk_groups` of the `groups` equal expert
+    groups, group g with probability min(1, topk_groups x its mass), then draws its experts
+    from the groups taken (groups treated as independent)."""
+    p = np.asarray(popularity, dtype=float)
+    sets = np.asarray(sets, dtype=float)
+    if groups <= 1 or topk_groups is None or topk_groups >= groups:
+        return 1.0 - (1.0 - np.clip(sets @ p, 0.0, 1.0)) ** top_k
+    E = len(p)
+    onehot = np.zeros((E, groups))
+    onehot[np.arange(E), np.arange(E) // (E // groups)] = 1.0
+    group_mass = p @ onehot
+    taken = np.minimum(1.0, topk_groups * group_mass)
+    per_pick = (sets * p) @ onehot / float(taken @ group_mass)   # [n_sets, groups]
+    miss = (1.0 - taken) + taken * (1.0 - np.clip(per_pick, 0.0, 1.0)) ** top_k
+    return 1.0 - miss.prod(axis=1)
+
+
+@dataclass(frozen=True)
+class Hits:
+    """Per-token hit probabilities of a stage group's EP ranks and scale-up domains, and the
+    routing mass of each (for turning sampled copies into distinct tokens)."""
+
+    rank: np.ndarray
+    rank_mass: np.ndarray
+    rank_domain: np.ndarray     # domain index (0..n) of each EP rank
+    domain: np.ndarray
+    domain_mass: np.ndarray
+
+
+def routing_hits(popularity: np.ndarray, top_k: int, groups: int, topk_groups: int,
+                 ep: int, rank_domain: np.ndarray) -> Hits:
+    E = len(popularity)
+    ranks = np.zeros((ep, E))
+    ranks[np.arange(E) // (E // ep), np.arange(E)] = 1.0
+    rank_domain = np.unique(np.asarray(rank_domain), return_inverse=True)[1]
+    doms = np.zeros((int(rank_domain.max()) + 1, ep))
+    doms[rank_domain, np.arange(ep)] = 1.0
+    dom_sets = doms @ ranks
+    return Hits(hit_probability(popularity, top_k, ranks, groups, topk_groups),
+                ranks @ popularity, rank_domain,
+                hit_probability(popularity, top_k, dom_sets, groups, topk_groups),
+                dom_sets @ popularity)
+
+
+def physical_popularity(popularity: np.ndarray, redundant: int) -> np.ndarray:
+    """Popularity over physical experts when the `redundant` most popular experts get a second
+    copy (EPLB): a copied expert's share splits evenly between its copies, which sit in the
+    slots after the originals' positions are kept (copies appended at the end)."""
+    if not redundant:
+        return popularity
+    hot = np.argsort(-popularity, kind="stable")[:redundant]
+    p = popularity.copy()
+    p[hot] /= 2.0
+    return np.concatenate([p, p[hot]])
+
+
 @dataclass(frozen=True)
 class Routing:
     """One step's routing of a stage group: tokens per (source GPU, expert)."""
 
     counts: np.ndarray    # [G, E] token copies from GPU i to expert e
+    tokens: np.ndarray    # [G] tokens on each GPU
 
     def expert_tokens(self) -> np.ndarray:
         return self.counts.sum(axis=0)
@@ -134,19 +219,61 @@ def draw_routing(costs: LayerCosts, tokens: np.ndarray, popularity: np.ndarray,
                  rng: np.random.Generator) -> Routing:
     """Each token on GPU i makes top_k choices from `popularity` (multinomial; the
     distinctness of a token's k experts is not enforced)."""
-    counts = rng.multinomial(tokens.astype(np.int64) * costs.top_k, popularity)
-    return Routing(counts)
+    tokens = np.asarray(tokens, dtype=np.int64)
+    counts = rng.multinomial(tokens * costs.top_k, popularity)
+    return Routing(counts, tokens)
 
 
-def dispatch_matrix(costs: LayerCosts, routing: Routing, per_copy_bytes: float) -> np.ndarray:
-    """Bytes GPU i sends GPU j: GPU i's token copies routed to experts of j's EP rank. Every
-    TP GPU of that rank needs the whole activation (its experts are split TP ways), and
-    copies for experts on i's own rank need no transfer (its TP peers already hold them)."""
+def _distinct(tokens: np.ndarray, copies: np.ndarray, mass: np.ndarray, hit: np.ndarray,
+              top_k: int) -> np.ndarray:
+    """Distinct tokens of each sender that reach each destination set: tokens x P(hit),
+    scaled by the sampled / expected copies so that a step's routing noise carries over."""
+    t = tokens.astype(float)[:, None]
+    expected = t * top_k * mass[None, :]
+    ratio = np.divide(copies, expected, out=np.zeros_like(copies), where=expected > 0)
+    return np.minimum(t * hit[None, :] * ratio, t)
+
+
+def dispatch_matrix(costs: LayerCosts, routing: Routing, per_token_bytes: float,
+                    mode: str = "per_expert", hits: Hits | None = None) -> np.ndarray:
+    """Bytes GPU i sends GPU j in one dispatch ([G, G]; its transpose is the combine).
+
+    Every TP GPU of a destination rank needs the whole activation (its experts are split TP
+    ways); tokens for experts on the sender's own rank move no bytes (its TP peers hold them
+    after the all-reduce). `mode` (see engine_options.DispatchMode): per_expert sends one
+    copy per chosen expert; per_gpu one per destination rank; hierarchical sends across
+    domains once per destination domain, to the GPU at the sender's position there, which
+    forwards over scale-up. `hits` (from `routing_hits`) is needed unless per_expert."""
     G, ep, tp = costs.G, costs.ep, costs.tp
-    to_rank = routing.counts.reshape(G, ep, costs.experts_per_rank).sum(axis=2)  # [G, ep]
+    copies = routing.counts.reshape(G, ep, costs.experts_per_rank).sum(axis=2).astype(float)
+    if mode == "per_expert":
+        to_rank = copies
+    else:
+        to_rank = _distinct(routing.tokens, copies, hits.rank_mass, hits.rank, costs.top_k)
     rank = np.arange(G) // tp
     to_rank[np.arange(G), rank] = 0
-    return np.repeat(to_rank, tp, axis=1) * per_copy_bytes                      # [G, G]
+    m = np.repeat(to_rank, tp, axis=1) * per_token_bytes                        # [G, G]
+    if mode != "hierarchical":
+        return m
+    di = np.repeat(hits.rank_domain, tp)
+    n_dom = int(di.max()) + 1
+    if n_dom == 1:
+        return m
+    out = np.where(di[:, None] == di[None, :], m, 0.0)
+    copies_dom = np.zeros((G, n_dom))
+    np.add.at(copies_dom.T, hits.rank_domain, copies.T)
+    to_dom = _distinct(routing.tokens, copies_dom, hits.domain_mass, hits.domain, costs.top_k)
+    members = [np.flatnonzero(di == d) for d in range(n_dom)]
+    pos = np.empty(G, dtype=np.int64)
+    for mem in members:
+        pos[mem] = np.arange(len(mem))
+    for d, mem in enumerate(members):
+        senders = np.flatnonzero(di != d)
+        fwd = mem[pos[senders] % len(mem)]
+        np.add.at(out, (senders, fwd), to_dom[senders, d] * per_token_bytes)
+        np.add.at(out, (fwd[:, None], mem[None, :]), m[np.ix_(senders, mem)])
+    out[np.arange(G), np.arange(G)] = 0.0
+    return out
 
 
 def split_tokens(total: int, parts: int) -> np.ndarray:

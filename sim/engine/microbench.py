@@ -85,3 +85,79 @@ def run_collective(hw: Hardware, kind: str, gpus: int, size: float, domains: int
     return CollectiveResult(kind, n, domains, float(size), total, algbw,
                             algbw * coll.BUS_FACTOR[kind](n), bottleneck, t.latency,
                             t.bytes_sent)
+
+
+@dataclass(frozen=True)
+class ExchangeResult:
+    """One MoE dispatch or combine alone. Bandwidths divide bytes counted three ways by the
+    time (DeepEP's test conventions): `selection` counts every (token, chosen expert) pair,
+    own GPU included (its low-latency kernels); `gpu` every token once per destination GPU,
+    own included (normal kernels, NVLink side); `domain` every token once per destination
+    domain, own included (normal kernels, RDMA side)."""
+
+    phase: str
+    mode: str
+    ep: int
+    domains: int
+    tokens_per_gpu: int
+    time_s: float
+    latency_s: float
+    bytes_on_wire: float
+    selection_bandwidth: float
+    gpu_bandwidth: float
+    domain_bandwidth: float
+    bottleneck: str
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def run_moe_exchange(hw: Hardware, phase: str, ep: int, domains: int, tokens: int,
+                     hidden: int, top_k: int, experts: int, mode: str,
+                     precision: str, scale_block: int, groups: int = 1,
+                     topk_groups: int | None = None) -> ExchangeResult:
+    """One dispatch (or combine) of `tokens` tokens per GPU among `ep` GPUs spread over
+    `domains` scale-up domains, with uniform routing at its expected counts (no sampling
+    noise), through the engine's own dispatch matrix and network."""
+    from .costs import LayerCosts, Routing, dispatch_matrix, routing_hits, token_bytes
+
+    if phase not in ("dispatch", "combine"):
+        raise SpecError(f"unknown phase {phase!r}", key="KIND", fix="use dispatch or combine")
+    if experts % ep:
+        raise SpecError(f"EP {ep} does not divide {experts} experts", key="--experts",
+                        fix="choose experts divisible by --gpus")
+    ids, racks = pick_gpus(hw, ep, domains)
+    cluster = build_cluster(hw, racks)
+    costs = LayerCosts(G=ep, ep=ep, tp=1, flops=1.0, attn_flops_rate=1.0, bandwidth=1.0, bpp=1.0,
+                       dense_weight_bytes=0.0, dense_flops_per_token=0.0,
+                       attn_flops_per_ctx=0.0, kv_bytes_per_token=0.0, expert_params=0.0,
+                       experts=experts, top_k=top_k, dispatch_bytes=0.0, combine_bytes=0.0,
+                       activation_bytes=0.0)
+    p = np.full(experts, 1.0 / experts)
+    tok = np.full(ep, tokens, dtype=np.int64)
+    routing = Routing(np.outer(tok * top_k, p), tok)
+    hits = routing_hits(p, top_k, groups, topk_groups or groups, ep,
+                        cluster.gpu_domain[ids])
+    per_token = token_bytes(hidden, precision, scale_block)
+    m = dispatch_matrix(costs, routing, per_token, mode, hits)
+    t = coll.exchange(cluster, ids, m if phase == "dispatch" else m.T)
+    env = simpy.Environment()
+    net = Network(env, cluster.capacity, cluster.tier, record_series=False)
+
+    def proc():
+        yield env.timeout(t.latency)
+        yield net.transfer(t.links, t.load)
+
+    env.process(proc())
+    env.run()
+    total = env.now
+    ratio = t.load / cluster.capacity[t.links]
+    bottleneck = TIER_NAMES[int(cluster.tier[t.links[int(np.argmax(ratio))]])] \
+        if len(t.links) else "latency"
+    n_dom = len(hits.domain)
+    return ExchangeResult(
+        phase, mode, ep, n_dom, tokens, total, t.latency, t.bytes_sent / ep,
+        selection_bandwidth=tokens * top_k * per_token / total,
+        gpu_bandwidth=tokens * float(hits.rank.sum()) * per_token / total,
+        domain_bandwidth=tokens * float(hits.domain.sum()) * per_token / total,
+        bottleneck=bottleneck)

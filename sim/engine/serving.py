@@ -82,11 +82,15 @@ class Slot:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def admit(self, ids: np.ndarray, prompt: np.ndarray, output: np.ndarray) -> None:
+    def admit(self, ids: np.ndarray, prompt: np.ndarray, output: np.ndarray,
+              prefilled: bool = False) -> None:
+        """Add sequences; `prefilled` ones (disaggregated prefill) arrive with their
+        prompt's KV and only decode."""
+        none = np.zeros(len(ids), dtype=np.int64)
         self.ids = np.concatenate([self.ids, ids])
-        self.ctx = np.concatenate([self.ctx, np.zeros(len(ids), dtype=np.int64)])
+        self.ctx = np.concatenate([self.ctx, prompt if prefilled else none])
         self.rem = np.concatenate([self.rem, output])
-        self.pre = np.concatenate([self.pre, prompt])
+        self.pre = np.concatenate([self.pre, none if prefilled else prompt])
 
     def plan(self, prefill: str, chunk_tokens: int) -> StepPlan:
         decode = self.pre == 0

@@ -34,7 +34,7 @@ from ..spec.workload import (DEFAULT_CHUNK_TOKENS, QUEUE_BATCHES, Closed, Fixed,
                              FixedInterval, LogNormal, Trace, Uniform)
 from . import collectives as coll
 from .costs import (draw_routing, dispatch_matrix, expert_popularity, layer_costs,
-                    moe_layer_flags, split_tokens)
+                    moe_layer_flags, physical_popularity, routing_hits, split_tokens)
 from .network import Network
 from .serving import DONE, DROPPED, RUNNING, RequestTable, Slot
 
@@ -121,9 +121,11 @@ class Simulation:
         flags = moe_layer_flags(m)
         bounds = np.cumsum([0, *stage_layers(m.layers, lay.pipeline_parallel)])
         self.stage_moe = [flags[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        self.popularity = (expert_popularity(s.spec.moe, m.moe.experts,
-                                             np.random.default_rng([seed, 4]))
-                           if m.moe else None)
+        self.popularity = (physical_popularity(
+            expert_popularity(s.spec.moe, m.moe.experts, np.random.default_rng([seed, 4])),
+            s.spec.moe.redundant_experts) if m.moe else None)
+        self.dispatch_mode = s.spec.moe.dispatch
+        self.hits: dict = {}
         self.R, self.P, self.M = lay.data_parallel, lay.pipeline_parallel, lay.n_microbatches
         self.warmup = s.workload.warmup_s
         self.req = RequestTable()
@@ -305,7 +307,10 @@ class Simulation:
             ids = np.array(new, dtype=np.int64)
             req.admitted[ids] = self.env.now
             req.status[ids] = RUNNING
-            slot.admit(ids, req.prompt[ids], req.output[ids])
+            prefilled = self.prefill == "disaggregated"
+            slot.admit(ids, req.prompt[ids], req.output[ids], prefilled)
+            if prefilled:  # the first token came from the prefill deployment
+                req.first_token[ids] = self.env.now
 
     def _count_finished(self) -> None:
         """One more request completed or dropped; ends a `requests:` run at its target."""
@@ -416,10 +421,11 @@ class Simulation:
             comp = comp + exp_t * exp_cb * n_moe
             mem = mem + exp_t * ~exp_cb * n_moe
             if ep > 1:
-                disp = self._prepare(coll.pair_loads(
-                    cl, gpus, dispatch_matrix(c, routing, c.dispatch_bytes)))
-                comb = self._prepare(coll.pair_loads(
-                    cl, gpus, dispatch_matrix(c, routing, c.combine_bytes).T))
+                mode, hits = self.dispatch_mode, self._hits(r, s, gpus)
+                disp = self._prepare(coll.exchange(
+                    cl, gpus, dispatch_matrix(c, routing, c.dispatch_bytes, mode, hits)))
+                comb = self._prepare(coll.exchange(
+                    cl, gpus, dispatch_matrix(c, routing, c.combine_bytes, mode, hits).T))
         if tp > 1:
             ar = self._prepare(self._tp_all_reduce(gpus, group_tokens))
         t_dense = float(dense_t.max())
@@ -468,16 +474,19 @@ class Simulation:
     def _tp_all_reduce(self, gpus: np.ndarray, group_tokens: np.ndarray) -> coll.Transfer:
         """All-reduce of the tokens' activations inside every TP group of the stage at once."""
         c = self.costs
-        n = c.tp
-        m = np.zeros((len(gpus), len(gpus)))
-        size = group_tokens * c.activation_bytes
-        for g in range(c.ep):
-            idx = np.arange(g * n, (g + 1) * n)
-            m[idx, idx[coll.ring_neighbours(n)]] = 2.0 * (n - 1) / n * size[idx]
-        t = coll.pair_loads(self.cluster, gpus, m)
-        algo = self.scenario.spec.engine.all_reduce
-        hops = 2 * (n - 1) if algo == "ring" else 2 * math.ceil(math.log2(n))
-        return coll.Transfer(t.links, t.load, hops * t.latency, t.bytes_sent)
+        return coll.group_all_reduce(self.cluster, gpus, c.tp, group_tokens * c.activation_bytes,
+                                     self.scenario.spec.engine.all_reduce)
+
+    def _hits(self, r: int, s: int, gpus: np.ndarray):
+        """Hit probabilities of the EP ranks and domains of one stage group (cached)."""
+        key = (r, s)
+        h = self.hits.get(key)
+        if h is None:
+            moe, c = self.scenario.model.moe, self.costs
+            h = self.hits[key] = routing_hits(
+                self.popularity, c.top_k, moe.groups, moe.topk_groups, c.ep,
+                self.cluster.gpu_domain[gpus][::c.tp])
+        return h
 
     def _stage_boundary(self, r: int, s: int, plan):
         a, b = self.placement.group(r, s), self.placement.group(r, s + 1)

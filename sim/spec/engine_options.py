@@ -34,12 +34,37 @@ class HotRouting(Spec):
 Routing = Annotated[UniformRouting | ZipfRouting | HotRouting, Field(discriminator="dist")]
 
 
+# How the all-to-all moves a token to its experts (DeepEP's two kernel families,
+# https://github.com/deepseek-ai/DeepEP): `per_expert` sends one copy per chosen expert
+# (low-latency kernels); `per_gpu` sends a token once to each GPU holding any of its experts;
+# `hierarchical` does that inside a scale-up domain and, across domains, sends a token once
+# per destination domain over scale-out to the GPU with the sender's position there, which
+# forwards it over scale-up (normal, "high-throughput" kernels).
+DispatchMode = Literal["per_expert", "per_gpu", "hierarchical"]
+
+# DeepSeek-V3 quantises activations for dispatch in 1 x 128 tiles with one FP32 scale each
+# (DeepSeek-V3 Technical Report, arXiv:2412.19437, sec. 3.3.2); DeepEP's FP8 token is
+# hidden + hidden / 128 x 4 bytes.
+DEFAULT_SCALE_BLOCK = 128
+
+
 class MoEOptions(Spec):
     routing: Routing = UniformRouting(dist="uniform")
+    dispatch: DispatchMode = Field(
+        "per_expert", description="per_expert (DeepEP low-latency), per_gpu, or hierarchical "
+                                  "(DeepEP normal: once per domain over scale-out, then "
+                                  "forwarded over scale-up)")
     dispatch_precision: Precision = Field(
         "fp8", description="bytes per element of tokens sent to experts (DeepEP: FP8)")
     combine_precision: Precision = Field(
         "bf16", description="bytes per element of expert outputs sent back (DeepEP: BF16)")
+    redundant_experts: NonNegativeInt = Field(
+        0, description="extra copies of the most popular experts (DeepSeek's EPLB); physical "
+                       "experts = experts + redundant_experts, each copy taking an equal share "
+                       "of its expert's tokens")
+    scale_block: NonNegativeInt = Field(
+        DEFAULT_SCALE_BLOCK, description="elements per FP32 scale when dispatch or combine is "
+                                         "narrower than BF16 (0: no scales)")
 
 
 class EngineOptions(Spec):

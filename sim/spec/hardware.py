@@ -58,12 +58,19 @@ class ScaleOut(Spec):
 
 
 class Efficiency(Spec):
-    """Achievable fractions of peak. 1.0 until calibrated against measurements (issue 6)."""
+    """Achievable fractions of peak and fixed overheads, calibrated per GPU generation against
+    published measurements (docs/validation.md says from which cases)."""
 
-    compute: Fraction = 1.0
-    memory: Fraction = 1.0
-    scale_up: Fraction = 1.0
-    scale_out: Fraction = 1.0
+    compute: Fraction = Field(1.0, description="achieved / peak matmul FLOP/s (GEMMs)")
+    attention_compute: Fraction = Field(
+        1.0, description="achieved / peak FLOP/s of attention kernels, whose softmax work "
+                         "keeps them below GEMM efficiency")
+    memory: Fraction = Field(1.0, description="achieved / peak HBM bandwidth")
+    scale_up: Fraction = Field(1.0, description="achieved / peak scale-up bandwidth per GPU")
+    scale_out: Fraction = Field(1.0, description="achieved / peak NIC bandwidth per GPU")
+    collective_overhead: SecondsOrZero = Field(
+        0.0, description="fixed cost of one collective (kernel launch, synchronisation), "
+                         "paid once per collective on top of link latency")
 
 
 class Hardware(Spec):

@@ -82,11 +82,20 @@ class MoEArch(Spec):
     expert_ffn_hidden: PositiveInt
     shared_ffn_hidden: PositiveInt | None = Field(
         None, description="width of a shared expert when it differs from expert_ffn_hidden")
+    groups: PositiveInt = Field(
+        1, description="expert groups for group-limited routing (DeepSeek-V3 n_group)")
+    topk_groups: PositiveInt | None = Field(
+        None, description="groups a token may route into (DeepSeek-V3 topk_group); "
+                          "default: all groups (unlimited)")
 
     @model_validator(mode="after")
     def _k_within_e(self) -> MoEArch:
         if self.top_k > self.experts:
             raise ValueError(f"top_k ({self.top_k}) exceeds experts ({self.experts})")
+        if self.experts % self.groups:
+            raise ValueError(f"groups ({self.groups}) must divide experts ({self.experts})")
+        if self.topk_groups is not None and self.topk_groups > self.groups:
+            raise ValueError(f"topk_groups ({self.topk_groups}) exceeds groups ({self.groups})")
         return self
 
 
@@ -119,6 +128,8 @@ class MoETotals(Spec):
     top_k: PositiveInt
     moe_layers: PositiveInt
     shared_experts: NonNegativeInt = 0
+    groups: PositiveInt = 1
+    topk_groups: PositiveInt | None = None
 
 
 class Published(Spec):
@@ -187,6 +198,12 @@ class MoE:
     top_k: int
     shared_experts: int
     moe_layers: int
+    groups: int = 1          # group-limited routing: a token picks its experts from
+    topk_groups: int = 1     # `topk_groups` of `groups` equal groups (equal: unlimited)
+
+    @property
+    def group_limited(self) -> bool:
+        return self.topk_groups < self.groups
 
 
 @dataclass(frozen=True)
@@ -238,7 +255,8 @@ def resolve(spec: ModelFile) -> Model:
         routed = 0.0
         if spec.moe is not None:
             m = spec.moe
-            moe = MoE(m.experts, m.top_k, m.shared_experts, m.moe_layers)
+            moe = MoE(m.experts, m.top_k, m.shared_experts, m.moe_layers, m.groups,
+                      m.topk_groups or m.groups)
             # total = rest + routed; active = rest + routed * k/E  =>  routed below
             if m.experts > m.top_k:
                 routed = (spec.total_params - spec.active_params) * m.experts / (m.experts - m.top_k)
@@ -280,7 +298,8 @@ def _derive(a: Architecture, common: dict, kv_b: float) -> Model:
                 f"{m.shared_ffn_hidden or m.expert_ffn_hidden}")
         add("routers", n_moe * h * m.experts, n_moe * h * m.experts,
             f"{n_moe} layers x {h} x {m.experts}")
-        moe = MoE(m.experts, m.top_k, m.shared_experts, n_moe)
+        moe = MoE(m.experts, m.top_k, m.shared_experts, n_moe, m.groups,
+                  m.topk_groups or m.groups)
     emb = a.vocab * h
     add("embedding", emb, 0.0, f"{a.vocab} x {h} (a lookup: not active)")
     if not a.tied_embeddings:

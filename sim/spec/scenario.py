@@ -124,11 +124,20 @@ def check_feasible(s: Scenario) -> None:
         raise SpecError(f"{m.name} is a dense model; expert parallelism does not apply",
                         file=file, key="layout.expert_parallel",
                         fix="set expert_parallel: 1 and use tensor_parallel to spread weights")
-    if m.moe is not None and m.moe.experts % ep:
+    physical = (m.moe.experts + s.spec.moe.redundant_experts) if m.moe is not None else 0
+    if m.moe is not None and physical % ep:
+        extra = (f" + {s.spec.moe.redundant_experts} redundant"
+                 if s.spec.moe.redundant_experts else "")
         raise SpecError(
-            f"{ep} does not divide the {m.moe.experts} experts of {m.name}", file=file,
+            f"{ep} does not divide the {m.moe.experts}{extra} experts of {m.name}", file=file,
             key="layout.expert_parallel",
-            fix=f"use a divisor of {m.moe.experts}, e.g. {_divisors_near(m.moe.experts, ep)}")
+            fix=f"use a divisor of {physical}, e.g. {_divisors_near(physical, ep)}, or set "
+                "moe.redundant_experts so that experts + redundant divide by it")
+    if m.moe is not None and m.moe.group_limited and physical % m.moe.groups:
+        raise SpecError(
+            f"the {physical} physical experts do not split into {m.name}'s {m.moe.groups} "
+            "routing groups", file=file, key="moe.redundant_experts",
+            fix=f"use a multiple of {m.moe.groups} redundant experts")
     routing = s.spec.moe.routing
     if isinstance(routing, HotRouting) and m.moe is not None:
         bad = [e for e in routing.experts if e >= m.moe.experts]

@@ -130,9 +130,11 @@ class Continuous(Spec):
     policy: Literal["continuous"]
     max_batch: PositiveInt = Field(description="sequences per microbatch, upper bound")
     max_queue: PositiveInt | None = Field(None, description=MAX_QUEUE_DOC)
-    prefill: Literal["chunked", "separate"] = Field(
+    prefill: Literal["chunked", "separate", "disaggregated"] = Field(
         "chunked", description="chunked: prompt chunks ride with decode steps; "
-                               "separate: prefill runs as its own steps")
+                               "separate: prefill runs as its own steps; disaggregated: "
+                               "prompts are prefilled elsewhere and arrive with their KV "
+                               "(a decode-only deployment; TTFT here is queueing only)")
     chunk_tokens: PositiveInt = Field(
         DEFAULT_CHUNK_TOKENS,
         description="prompt tokens a step may carry (a per-step prefill budget, decode tokens "
