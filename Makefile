@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SCENARIO ?= scenarios/default.yaml
 OUT    ?= out/default
 
-.PHONY: run test bench clean
+.PHONY: run test bench validate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -n 2 --nbmake tests notebooks
+
+# Every published case; exits 1 when a category misses the accuracy target (docs/validation.md).
+validate: $(VENV)/.installed
+	$(BIN)/racksim validate --gate --plot docs/validation.png
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run.py

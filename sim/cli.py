@@ -202,33 +202,80 @@ def run(
 
 @app.command()
 def collective(
-    kind: Annotated[str, typer.Argument(help="all_to_all, all_reduce or send_recv")],
+    kind: Annotated[str, typer.Argument(help="all_to_all, all_reduce, send_recv, or a MoE "
+                                             "dispatch / combine")],
     hardware: Annotated[str, typer.Option(help="hardware preset or file")],
     gpus: Annotated[int, typer.Option(help="GPUs taking part")],
-    size: Annotated[str, typer.Option("--bytes", help="per-GPU buffer, e.g. 64MB or 6.4e7")],
+    size: Annotated[Optional[str], typer.Option(
+        "--bytes", help="per-GPU buffer, e.g. 64MB (not for dispatch/combine)")] = None,
     racks: Annotated[int, typer.Option(help="scale-up domains the GPUs spread over")] = 1,
     algorithm: Annotated[str, typer.Option(help="all_reduce: ring or tree")] = "ring",
+    tokens: Annotated[int, typer.Option(help="dispatch/combine: tokens per GPU")] = 4096,
+    hidden: Annotated[int, typer.Option(help="dispatch/combine: hidden size")] = 7168,
+    top_k: Annotated[int, typer.Option(help="dispatch/combine: experts per token")] = 8,
+    experts: Annotated[int, typer.Option(help="dispatch/combine: experts")] = 256,
+    mode: Annotated[str, typer.Option(help="dispatch/combine: per_expert, per_gpu or "
+                                           "hierarchical")] = "hierarchical",
+    precision: Annotated[str, typer.Option(help="dispatch/combine: element precision")] = "fp8",
+    groups: Annotated[int, typer.Option(help="dispatch/combine: expert groups")] = 1,
+    topk_groups: Annotated[Optional[int], typer.Option(
+        help="dispatch/combine: groups a token may use (default: all)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ):
-    """Simulate one collective alone and report time, algorithm and bus bandwidth."""
-    from .engine.microbench import KINDS, run_collective  # noqa: PLC0415
+    """Simulate one collective alone and report time, algorithm and bus bandwidth (or, for a
+    MoE dispatch/combine, bandwidths counted as DeepEP's tests count them)."""
+    from .engine.microbench import KINDS, run_collective, run_moe_exchange  # noqa: PLC0415
     from .spec.errors import SpecError  # noqa: PLC0415
+    from .spec.precision import BYTES_PER_ELEMENT  # noqa: PLC0415
     from .spec.units import UnitError, parse_quantity  # noqa: PLC0415
 
-    if kind not in KINDS:
+    moe_kinds = ("dispatch", "combine")
+    if kind not in KINDS + moe_kinds:
         raise SpecError(f"unknown collective {kind!r}", key="KIND",
-                        fix=f"use one of {', '.join(KINDS)}")
-    if algorithm not in ("ring", "tree"):
-        raise SpecError(f"unknown algorithm {algorithm!r}", key="--algorithm",
-                        fix="use ring or tree")
-    try:
-        nbytes = parse_quantity(size, "bytes")
-    except UnitError as exc:
-        raise SpecError(str(exc), key="--bytes", fix="e.g. --bytes 64MB") from None
-    if nbytes <= 0:
-        raise SpecError("must be positive", key="--bytes", fix="e.g. --bytes 64MB")
+                        fix=f"use one of {', '.join(KINDS + moe_kinds)}")
     hw = load_hardware(hardware, file="command line", key="--hardware")
-    r = run_collective(hw, kind, gpus, nbytes, racks, algorithm)
+    if kind in moe_kinds:
+        if mode not in ("per_expert", "per_gpu", "hierarchical"):
+            raise SpecError(f"unknown mode {mode!r}", key="--mode",
+                            fix="use per_expert, per_gpu or hierarchical")
+        if precision not in BYTES_PER_ELEMENT:
+            raise SpecError(f"unknown precision {precision!r}", key="--precision",
+                            fix=f"use one of {', '.join(BYTES_PER_ELEMENT)}")
+        for name, v in (("--tokens", tokens), ("--hidden", hidden), ("--top-k", top_k),
+                        ("--experts", experts), ("--groups", groups)):
+            if v < 1:
+                raise SpecError("must be at least 1", key=name, fix=f"e.g. {name} 8")
+        if top_k > experts or experts % groups or (topk_groups or groups) > groups:
+            raise SpecError("top-k must not exceed experts, groups must divide experts and "
+                            "topk-groups must not exceed groups", key="--top-k/--groups",
+                            fix="e.g. --experts 256 --top-k 8 --groups 8 --topk-groups 4")
+        r = run_moe_exchange(hw, kind, gpus, racks, tokens, hidden, top_k, experts, mode,
+                             precision, 128, groups, topk_groups)
+        rows = (("time", fq(r.time_s, "s")), ("of which fixed (latency + overhead)",
+                                               fq(r.latency_s, "s")),
+                ("bytes on the wire per GPU", fq(r.bytes_on_wire, "B")),
+                ("per-selection bandwidth", fq(r.selection_bandwidth, "B/s")),
+                ("per-GPU-token bandwidth", fq(r.gpu_bandwidth, "B/s")),
+                ("per-domain-token bandwidth", fq(r.domain_bandwidth, "B/s")),
+                ("bottleneck", r.bottleneck))
+    else:
+        if algorithm not in ("ring", "tree"):
+            raise SpecError(f"unknown algorithm {algorithm!r}", key="--algorithm",
+                            fix="use ring or tree")
+        if size is None:
+            raise SpecError("missing", key="--bytes", fix="e.g. --bytes 64MB")
+        try:
+            nbytes = parse_quantity(size, "bytes")
+        except UnitError as exc:
+            raise SpecError(str(exc), key="--bytes", fix="e.g. --bytes 64MB") from None
+        if nbytes <= 0:
+            raise SpecError("must be positive", key="--bytes", fix="e.g. --bytes 64MB")
+        r = run_collective(hw, kind, gpus, nbytes, racks, algorithm)
+        rows = (("per-GPU buffer", fq(nbytes, "B")), ("time", fq(r.time_s, "s")),
+                ("of which fixed (latency + overhead)", fq(r.latency_s, "s")),
+                ("algorithm bandwidth", fq(r.algbw_bytes_per_s, "B/s")),
+                ("bus bandwidth", fq(r.busbw_bytes_per_s, "B/s")),
+                ("bottleneck", r.bottleneck))
     if as_json:
         typer.echo(json.dumps(r.to_json(), indent=2))
         return
@@ -236,11 +283,7 @@ def collective(
               title_justify="left")
     t.add_column(style="bold")
     t.add_column(justify="right")
-    for k, v in (("per-GPU buffer", fq(nbytes, "B")), ("time", fq(r.time_s, "s")),
-                 ("of which latency", fq(r.latency_s, "s")),
-                 ("algorithm bandwidth", fq(r.algbw_bytes_per_s, "B/s")),
-                 ("bus bandwidth", fq(r.busbw_bytes_per_s, "B/s")),
-                 ("bottleneck", r.bottleneck)):
+    for k, v in rows:
         t.add_row(k, v)
     out.print(t)
 

@@ -176,13 +176,33 @@ def _scenario(case: dict, directory: Path) -> float:
     sc = api.load(directory / case["scenario"])
     run = api.simulate(sc)
     nodes = sc.layout.total_gpus / sc.hardware.gpus_per_rack
-    return float(run.summary[case["measure"]]) / nodes
+    # count_factor: the published count includes work not simulated (e.g. KV-cache hits)
+    return steady_rate(run.steps, sc.workload.warmup_s, case["measure"]) / nodes \
+        * float(case.get("count_factor", 1.0))
+
+
+def steady_rate(steps, warmup: float, measure: str) -> float:
+    """Tokens per second summed over replicas, from the steps that start after warm-up and
+    have ended: their tokens over the span they cover. Unlike a count over a fixed window,
+    this has no quantisation when a few long (prefill) steps fill the window."""
+    st = steps[(steps["start"] >= warmup) & steps["end"].notna()]
+    # input: prompt tokens prefilled; output: decode tokens (a prompt's first token, which
+    # its last prefill step yields, is not counted; decode-only scenarios have none)
+    tokens = st["prefill_tokens"] if measure == "input_tokens_per_s" \
+        else st["tokens"] - st["prefill_tokens"]
+    rate = 0.0
+    for _, g in st.groupby("replica"):
+        span = float(g["end"].max() - g["start"].min())
+        if span > 0:
+            rate += float(tokens[g.index].sum()) / span
+    return rate
 
 
 def predict(case: dict, directory: Path, overrides: dict[str, float] | None = None) -> float:
     """Prediction for one case in SI units."""
     kind = case["run"]
     if kind == "scenario":
+        # the scenario file names its hardware; the case's generation comes from it
         if overrides:
             raise SpecError("a scenario case cannot calibrate a parameter",
                             file=str(directory / "calibration.yaml"),
@@ -276,7 +296,9 @@ def validate(directory: Path = VALIDATION_DIR, only: Iterable[str] | None = None
         if progress:
             progress(r.id)
         value = predict(case, directory) / UNITS[r.unit]
-        hw_name = _hardware(case["hardware"], directory, None).name
+        ref = case["hardware"] if case["run"] != "scenario" else \
+            read_yaml(directory / case["scenario"])["hardware"]
+        hw_name = _hardware(ref, directory, None).name
         g = _generation_of(hw_name, gens)
         outcomes.append(Outcome(r, value, r.id in calib.get(g, set()),
                                 case.get("assume", "")))

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..spec.engine_options import HotRouting, MoEOptions, ZipfRouting
 from ..spec.hardware import Hardware
-from ..spec.layout import Layout
+from ..spec.layout import Layout, dense_share
 from ..spec.model import Model
 from ..spec.precision import BYTES_PER_ELEMENT, precision_for_bytes
 
@@ -100,7 +100,7 @@ def layer_costs(model: Model, hardware: Hardware, layout: Layout, moe: MoEOption
         flops=peak * eff.compute, attn_flops_rate=attn_peak * eff.attention_compute,
         bandwidth=hardware.gpu.hbm_bandwidth * eff.memory,
         bpp=model.bytes_per_param,
-        dense_weight_bytes=dense_total * model.bytes_per_param / (L * G),
+        dense_weight_bytes=dense_total * model.bytes_per_param / (L * dense_share(layout)),
         dense_flops_per_token=2.0 * dense_active / L,
         attn_flops_per_ctx=(model.attention_flops_per_context_token / L) if attention_flops
         else 0.0,

@@ -6,6 +6,8 @@ GPU holds (domain.md section 4); the feasibility checks, the roofline and the en
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from .base import PositiveInt, Spec
@@ -18,6 +20,12 @@ class Layout(Spec):
     pipeline_parallel: PositiveInt = Field(
         1, description="PP: stages, placed on consecutive scale-up domains")
     data_parallel: PositiveInt = Field(1, description="independent replicas")
+    dense: Literal["sharded", "replicated"] = Field(
+        "sharded", description="non-expert part (attention, dense and shared MLPs, embeddings) "
+                               "over a stage's EP ranks: sharded = spread evenly (the "
+                               "roofline's convention, domain.md s4); replicated = every EP "
+                               "rank holds it whole and runs its own sequences (DP attention, "
+                               "as DeepSeek and SGLang serve); TP still splits it")
     microbatches: PositiveInt | None = Field(
         None, description="microbatches in flight per replica; default: pipeline_parallel "
                           "(the minimum that keeps every decode stage busy)")
@@ -57,10 +65,18 @@ def max_stage_fraction(layers: int, stages: int) -> float:
     return max(stage_layers(layers, stages)) / layers
 
 
+def dense_share(layout: Layout) -> int:
+    """GPUs of a stage that split the non-expert part: EP x TP sharded, TP replicated."""
+    return layout.stage_gpus if layout.dense == "sharded" else layout.tensor_parallel
+
+
 def weight_bytes_per_gpu(model: Model, layout: Layout) -> float:
-    """Weights of the largest stage spread evenly over its EP x TP GPUs (domain.md s4)."""
+    """Weights of the largest stage on one GPU: spread evenly over its EP x TP GPUs
+    (domain.md s4), except a replicated dense part, which only TP splits."""
     f = max_stage_fraction(model.layers, layout.pipeline_parallel)
-    return model.weight_bytes * f / layout.stage_gpus
+    routed = model.routed_expert_params * model.bytes_per_param
+    dense = model.weight_bytes - routed
+    return f * (routed / layout.stage_gpus + dense / dense_share(layout))
 
 
 def kv_bytes_per_gpu(model: Model, layout: Layout, batch: float, context: float) -> float:
