@@ -83,14 +83,18 @@ class Slot:
         return len(self.ids)
 
     def admit(self, ids: np.ndarray, prompt: np.ndarray, output: np.ndarray,
-              prefilled: bool = False) -> None:
+              prefilled: bool = False, cached: np.ndarray | None = None) -> None:
         """Add sequences; `prefilled` ones (disaggregated prefill) arrive with their
-        prompt's KV and only decode."""
-        none = np.zeros(len(ids), dtype=np.int64)
+        prompt's KV and only decode; otherwise the first `cached` prompt tokens are prefix-
+        cache hits, in KV from the start, and the rest is prefilled."""
+        if prefilled:
+            cached = prompt
+        elif cached is None:
+            cached = np.zeros(len(ids), dtype=np.int64)
         self.ids = np.concatenate([self.ids, ids])
-        self.ctx = np.concatenate([self.ctx, prompt if prefilled else none])
+        self.ctx = np.concatenate([self.ctx, cached])
         self.rem = np.concatenate([self.rem, output])
-        self.pre = np.concatenate([self.pre, none if prefilled else prompt])
+        self.pre = np.concatenate([self.pre, prompt - cached])
 
     def plan(self, prefill: str, chunk_tokens: int) -> StepPlan:
         decode = self.pre == 0

@@ -308,7 +308,11 @@ class Simulation:
             req.admitted[ids] = self.env.now
             req.status[ids] = RUNNING
             prefilled = self.prefill == "disaggregated"
-            slot.admit(ids, req.prompt[ids], req.output[ids], prefilled)
+            prompt = req.prompt[ids]
+            # prefix-cache hits: whole tokens, and at least one prompt token left to compute
+            cached = np.minimum(np.floor(prompt * self.scenario.workload.prefix_cache_hit),
+                                prompt - 1).astype(np.int64)
+            slot.admit(ids, prompt, req.output[ids], prefilled, cached)
             if prefilled:  # the first token came from the prefill deployment
                 req.first_token[ids] = self.env.now
 

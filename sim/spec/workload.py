@@ -84,6 +84,11 @@ class Workload(Spec):
     duration_s: Seconds | None = Field(None, description="simulated time (or give `requests`)")
     requests: PositiveInt | None = Field(None, description="stop after this many arrivals")
     warmup_s: SecondsOrZero = Field(0.0, description="excluded from statistics")
+    prefix_cache_hit: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="share of each prompt's tokens already in the KV cache (a prefix-cache "
+                    "hit) when it is admitted: they take KV but are not prefilled, and the "
+                    "rest attends to them")
 
     @model_validator(mode="after")
     def _consistent(self) -> Workload:
