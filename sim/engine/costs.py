@@ -3,8 +3,8 @@
 Operations take max(flops / (peak x efficiency), bytes / (HBM bandwidth x efficiency)) on
 each GPU (the one rule for op timing). Parameters follow the roofline's convention so the two
 paths agree: everything but the routed experts ("dense part": attention, dense and shared
-MLPs, routers, embeddings) is spread evenly over the EP x TP GPUs of a stage and over the
-layers; routed experts live on their EP rank, split over its TP GPUs, and a GPU reads an
+MLPs, routers, embeddings) is spread evenly over the EP x TP GPUs of a stage (or only over TP
+with `layout.dense: replicated`) and over the layers; routed experts live on their EP rank, split over its TP GPUs, and a GPU reads an
 expert's weights only when at least one token was routed to it.
 """
 
