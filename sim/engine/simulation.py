@@ -478,7 +478,7 @@ class Simulation:
         return self.net.start(x.prep, kind, r, x)
 
     def _run_stage(self, r: int, s: int, j: int, plan, detail: bool):
-        env, c, cl = self.env, self.costs, self.cluster
+        env, c = self.env, self.costs
         gpus = self.placement.group(r, s)
         G, ep, tp = c.G, c.ep, c.tp
         group_tokens = np.repeat(split_tokens(plan.tokens, ep), tp).astype(float)
