@@ -152,7 +152,7 @@ class Network:
             prep = self._refresh(prep)
         self.bytes_injected += prep.total
         self._advance()
-        self.flows.append(Flow(prep, label, done, owner=owner, tag=tag))
+        self.flows.append(Flow(prep, label, done, 1.0, 0.0, 0.0, owner, tag))
         self._solve()
         return done
 

@@ -376,43 +376,40 @@ class Simulation:
         return max(self.env.now, offset + k * T)
 
     def _microbatch(self, r: int, j: int):
+        env, slot = self.env, self.slots[r][j]
+        fixed = isinstance(self.batching, FixedInterval)
         try:
-            yield from self._microbatch_loop(r, j)
+            while True:
+                if fixed:
+                    t = self._next_departure(j)
+                    if t > env.now:
+                        yield env.timeout(t - env.now)
+                self._admit(r, j)
+                if not len(slot):
+                    yield self._wait_for_work(r)
+                    continue
+                plan = slot.plan(self.prefill, self.chunk)
+                start = env.now
+                detail = start >= self.warmup and self.steps_detailed < self.detail_steps
+                self.steps_detailed += detail
+                self.inflight[r].change(start, +1)
+                for s in range(self.P):
+                    with self.stages[r][s].request() as hold:
+                        yield hold
+                        if s == 0:  # a step's time runs from getting the first stage
+                            start = env.now
+                        yield from self._run_stage(r, s, j, plan, detail)
+                    if s < self.P - 1:
+                        yield from self._stage_boundary(r, s, plan)
+                if self.P > 1:  # the sampled token returns to the first stage
+                    a, b = self.placement.group(r, self.P - 1)[0], self.placement.group(r, 0)[0]
+                    yield env.timeout(self.cluster.path_latency(int(a), int(b)))
+                self.inflight[r].change(env.now, -1)
+                self._finish_step(r, j, plan, start)
         except simpy.Interrupt:    # its replica stopped (a fault); _stop_replica cleaned up
             return
         except Unroutable as e:    # its traffic has no path while links are down
             self._stop_replica(r, f"unreachable: {e}", self.injector.blame(e.gpu))
-
-    def _microbatch_loop(self, r: int, j: int):
-        env, slot = self.env, self.slots[r][j]
-        fixed = isinstance(self.batching, FixedInterval)
-        while True:
-            if fixed:
-                t = self._next_departure(j)
-                if t > env.now:
-                    yield env.timeout(t - env.now)
-            self._admit(r, j)
-            if not len(slot):
-                yield self._wait_for_work(r)
-                continue
-            plan = slot.plan(self.prefill, self.chunk)
-            start = env.now
-            detail = start >= self.warmup and self.steps_detailed < self.detail_steps
-            self.steps_detailed += detail
-            self.inflight[r].change(start, +1)
-            for s in range(self.P):
-                with self.stages[r][s].request() as hold:
-                    yield hold
-                    if s == 0:  # a step's time runs from getting the first stage
-                        start = env.now
-                    yield from self._run_stage(r, s, j, plan, detail)
-                if s < self.P - 1:
-                    yield from self._stage_boundary(r, s, plan)
-            if self.P > 1:  # the sampled token returns to the first stage
-                a, b = self.placement.group(r, self.P - 1)[0], self.placement.group(r, 0)[0]
-                yield env.timeout(self.cluster.path_latency(int(a), int(b)))
-            self.inflight[r].change(env.now, -1)
-            self._finish_step(r, j, plan, start)
 
     def _finish_step(self, r: int, j: int, plan, start: float) -> None:
         now, req = self.env.now, self.req
@@ -471,14 +468,15 @@ class Simulation:
         return x
 
     def _transfer(self, kind: str, x: _Xfer, r: int):
-        self._fresh(x)
+        if self.router is not None:
+            self._fresh(x)
         rec = self.transfers.setdefault(kind, [0, 0.0])
         rec[0] += 1
         rec[1] += x.t.bytes_sent
         return self.net.start(x.prep, kind, r, x)
 
     def _run_stage(self, r: int, s: int, j: int, plan, detail: bool):
-        env, c = self.env, self.costs
+        env, c, router = self.env, self.costs, self.router
         gpus = self.placement.group(r, s)
         G, ep, tp = c.G, c.ep, c.tp
         group_tokens = np.repeat(split_tokens(plan.tokens, ep), tp).astype(float)
@@ -524,7 +522,9 @@ class Simulation:
         def collective(busy: str, x: _Xfer, kind: str):
             """Finish the pending compute (`busy`) and latency, then run the collective."""
             nonlocal delay
-            yield env.timeout(delay + self._fresh(x).t.latency)
+            if router is not None:
+                self._fresh(x)
+            yield env.timeout(delay + x.t.latency)
             delay = 0.0
             phase(busy)
             yield self._transfer(kind, x, r)
