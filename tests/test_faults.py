@@ -89,9 +89,7 @@ def test_capacity_change_mid_flow_is_piecewise():
 
 def test_capacity_change_under_sharing_and_restore():
     """Two flows (1 and 0.5 bytes) share a link of capacity 1; at 0.25 it halves, at 1.25
-    it is restored. Max-min: 0.5 each, then 0.25 each (the small one ends at 1.75 - no: at
-    0.25 + 0.375 / 0.25 = 1.75 unless restored first): restored at 1.25 with 0.125 left each
-    ... worked out below, phase by phase."""
+    it is restored. Max-min shares it equally in every phase (worked out below)."""
     env, net = one_link_network(1.0)
     ends = {}
 
