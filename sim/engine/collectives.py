@@ -92,19 +92,28 @@ def all_reduce(cluster: Cluster, gpus: np.ndarray, size: float,
                             algorithm)
 
 
-def group_all_reduce(cluster: Cluster, gpus: np.ndarray, n: int, size: np.ndarray,
-                     algorithm: str = "ring") -> Transfer:
-    """Concurrent all-reduces in consecutive groups of `n` GPUs (the TP groups of a stage),
-    gpus[i] contributing size[i] bytes, as one collective."""
-    if n < 2:
-        return Transfer(np.zeros(0, np.int64), np.zeros(0), 0.0, 0.0)
-    G = len(gpus)
+def all_reduce_hops(n: int, algorithm: str) -> int:
+    """Sequential latencies of an all-reduce among n GPUs: ring 2(n-1), tree 2 log2 n."""
+    return 2 * (n - 1) if algorithm == "ring" else 2 * math.ceil(math.log2(n))
+
+
+def group_all_reduce_matrix(G: int, n: int, size) -> np.ndarray:
+    """Bytes between GPUs when consecutive groups of `n` of `G` GPUs (the TP groups of a
+    stage) all-reduce at once, GPU i contributing size[i] bytes: ring steps of size/n."""
     idx = np.arange(G)
     nxt = (idx // n) * n + ring_neighbours(n)[idx % n]
     m = np.zeros((G, G))
-    m[idx, nxt] = 2.0 * (n - 1) / n * np.asarray(size, dtype=float)
-    hops = 2 * (n - 1) if algorithm == "ring" else 2 * math.ceil(math.log2(n))
-    return launched(cluster, pair_loads(cluster, gpus, m), hops)
+    m[idx, nxt] = 2.0 * (n - 1) / n * np.broadcast_to(np.asarray(size, dtype=float), (G,))
+    return m
+
+
+def group_all_reduce(cluster: Cluster, gpus: np.ndarray, n: int, size: np.ndarray,
+                     algorithm: str = "ring") -> Transfer:
+    """Concurrent all-reduces in consecutive groups of `n` GPUs as one collective."""
+    if n < 2:
+        return Transfer(np.zeros(0, np.int64), np.zeros(0), 0.0, 0.0)
+    m = group_all_reduce_matrix(len(gpus), n, size)
+    return launched(cluster, pair_loads(cluster, gpus, m), all_reduce_hops(n, algorithm))
 
 
 def send_recv(cluster: Cluster, src: np.ndarray, dst: np.ndarray, size) -> Transfer:

@@ -15,6 +15,11 @@ bytes/s there), until a link saturates; flows crossing it freeze. Rates are reco
 when a flow starts or ends; a whole collective phase is one flow, so an all-to-all costs
 one solve when it starts and one when it ends.
 
+Capacities may change mid-run (faults, docs/faults.md): `set_capacity` moves every flow to
+the change instant at its old rate, swaps the capacities, re-routes (through a callback) the
+flows that cross a link left with no capacity, and re-solves. Byte conservation stays exact:
+a flow's remaining fraction is carried over, and its bytes count per route.
+
 Blind spots (also in docs/architecture.md): no packet queueing, incast, congestion control
 or ECMP collisions; inside one aggregated flow every pair progresses in proportion, as an
 ideally paced collective kernel would.
@@ -22,6 +27,7 @@ ideally paced collective kernel would.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import math
@@ -55,6 +61,7 @@ class Prepared:
     alone_util: np.ndarray     # utilisation of its links when alone
     alone_sat: np.ndarray      # its bottleneck links (saturated when alone)
     alone_sat_tiers: np.ndarray
+    epoch: int = 0             # the capacities the alone_* figures were computed for
 
 
 @dataclass
@@ -65,6 +72,8 @@ class Flow:
     remaining: float = 1.0     # fraction of the flow still to move
     rate: float = 0.0          # fraction per second
     counted: float = 0.0       # fraction moved inside the statistics window
+    owner: int = -1            # who started it (the engine's replica), for cancel()
+    tag: object = None         # opaque to the network: what a reroute callback needs
 
 
 @dataclass
@@ -108,6 +117,8 @@ class Network:
         self.solves = 0
         self.bytes_injected = 0.0
         self.bytes_delivered = 0.0
+        self.bytes_dropped = 0.0   # bytes of cancelled flows never moved
+        self._epoch = 0            # bumped by every capacity change
 
     # ------------------------------------------------------------------ public
 
@@ -128,17 +139,20 @@ class Network:
         weight = np.bincount(self.tier[links], weights=drain / size, minlength=self.n_tiers)
         return Prepared(links, load / size, size, float(load.sum()),
                         tuple(float(w) for w in weight), size / slowest, alone_util, sat,
-                        np.unique(self.tier[sat]))
+                        np.unique(self.tier[sat]), self._epoch)
 
-    def start(self, prep: Prepared | None, label: str = "") -> simpy.Event:
+    def start(self, prep: Prepared | None, label: str = "", owner: int = -1,
+              tag: object = None) -> simpy.Event:
         """Start a prepared flow now; the event fires when its last byte arrives."""
         done = self.env.event()
         if prep is None:
             done.succeed()
             return done
+        if prep.epoch != self._epoch:  # prepared before a capacity change
+            prep = self._refresh(prep)
         self.bytes_injected += prep.total
         self._advance()
-        self.flows.append(Flow(prep, label, done))
+        self.flows.append(Flow(prep, label, done, 1.0, 0.0, 0.0, owner, tag))
         self._solve()
         return done
 
@@ -152,6 +166,48 @@ class Network:
         util[self._union] = self._util
         return util
 
+    def set_capacity(self, capacity: np.ndarray,
+                     reroute: Callable[[Flow], Prepared | None] | None = None) -> list[Flow]:
+        """New link capacities from now on. Flows move to now at their old rates; a flow
+        that crosses a link left with no capacity gets a new route from `reroute` for its
+        remaining bytes (None, or no callback, withdraws it: its done event never fires and
+        the returned list names it); the rest keep their routes. Then everything re-solves."""
+        self._advance()
+        self.capacity = np.array(capacity, dtype=float)
+        self._epoch += 1
+        kept, withdrawn = [], []
+        for f in self.flows:
+            if (self.capacity[f.prep.links] <= 0).any():
+                new = reroute(f) if reroute is not None else None
+                if new is None:
+                    self._withdraw(f)
+                    withdrawn.append(f)
+                    continue
+                self._swap(f, new)
+            else:
+                f.prep = self._refresh(f.prep)
+            kept.append(f)
+        self.flows = kept
+        self._solve()
+        return withdrawn
+
+    def cancel(self, owner: int) -> int:
+        """Withdraw every flow of `owner` now (their done events never fire); returns how
+        many. Bytes already moved count as delivered, the rest as dropped."""
+        self._advance()
+        gone = [f for f in self.flows if f.owner == owner]
+        if gone:
+            for f in gone:
+                self._withdraw(f)
+            self.flows = [f for f in self.flows if f.owner != owner]
+            self._solve()
+        return len(gone)
+
+    def bytes_in_flight(self) -> float:
+        """Link bytes of the flows not yet finished, part moved or not (conservation:
+        injected = delivered + dropped + in flight)."""
+        return sum(f.prep.total for f in self.flows)
+
     def finish_stats(self) -> None:
         """Bring the statistics up to now and count the bytes of flows still moving."""
         self._advance()
@@ -160,6 +216,28 @@ class Network:
             f.counted = 0.0
 
     # ------------------------------------------------------------------ mechanics
+
+    def _refresh(self, p: Prepared) -> Prepared:
+        """The same transfer normalised for the current capacities."""
+        return self.prepare(p.links, p.load * p.size)
+
+    def _swap(self, f: Flow, new: Prepared) -> None:
+        """Give an in-flight flow a new route for its remaining fraction. Bytes so far count
+        on the old links; injected and delivered totals become old x done + new x left."""
+        self._count_bytes(f)
+        f.counted = 0.0
+        old, left = f.prep, max(f.remaining, 0.0)
+        new = new if new.epoch == self._epoch else self._refresh(new)
+        self.bytes_injected += left * (new.total - old.total)
+        self.bytes_delivered += (1.0 - left) * (old.total - new.total)
+        f.prep = new
+
+    def _withdraw(self, f: Flow) -> None:
+        self._count_bytes(f)
+        f.counted = 0.0
+        left = min(max(f.remaining, 0.0), 1.0)
+        self.bytes_delivered += (1.0 - left) * f.prep.total
+        self.bytes_dropped += left * f.prep.total
 
     def _count_bytes(self, f: Flow) -> None:
         if f.counted > 0:

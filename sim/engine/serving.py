@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-WAITING, RUNNING, DONE, DROPPED = 0, 1, 2, 3
+WAITING, RUNNING, DONE, DROPPED, FAILED = 0, 1, 2, 3, 4   # FAILED: killed by a fault
 
 
 class RequestTable:
@@ -25,20 +25,21 @@ class RequestTable:
 
     def __init__(self, capacity: int = 1024):
         self.n = 0
-        self._cols = ("arrival", "admitted", "first_token", "finish")
+        self._cols = ("arrival", "admitted", "first_token", "finish", "failed_at")
         for c in self._cols:
             setattr(self, c, np.full(capacity, np.nan))
         self.prompt = np.zeros(capacity, dtype=np.int64)
         self.output = np.zeros(capacity, dtype=np.int64)
         self.replica = np.zeros(capacity, dtype=np.int64)
         self.status = np.zeros(capacity, dtype=np.int8)
+        self.cause = np.zeros(capacity, dtype=np.int32)  # FAILED: 1 + index of the stop event
 
     def _grow(self, need: int) -> None:
         cap = len(self.prompt)
         if need <= cap:
             return
         new = max(need, 2 * cap)
-        for c in (*self._cols, "prompt", "output", "replica", "status"):
+        for c in (*self._cols, "prompt", "output", "replica", "status", "cause"):
             old = getattr(self, c)
             fill = np.nan if old.dtype.kind == "f" else 0
             arr = np.full(new, fill, dtype=old.dtype)

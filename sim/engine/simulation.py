@@ -35,8 +35,9 @@ from ..spec.workload import (DEFAULT_CHUNK_TOKENS, QUEUE_BATCHES, Closed, Fixed,
 from . import collectives as coll
 from .costs import (draw_routing, dispatch_matrix, expert_popularity, layer_costs,
                     moe_layer_flags, physical_popularity, routing_hits, split_tokens)
+from .faults import FaultInjector, FaultLog, Unroutable
 from .network import Network
-from .serving import DONE, DROPPED, RUNNING, RequestTable, Slot
+from .serving import DONE, DROPPED, FAILED, RUNNING, RequestTable, Slot
 
 
 ARRIVAL_CHUNK = 4096  # open arrivals are generated this many at a time
@@ -100,6 +101,15 @@ class EngineResult:
     dropped_in_window: int = 0      # turned away at a full queue (not in `requests`)
     max_queue: int = 0
     longest_queue: int = 0          # waiting requests in the fullest replica queue at the end
+    faults: FaultLog | None = None  # what the scenario's faults did (None without faults)
+    lost_gpus: tuple = ()           # GPUs lost to gpu_lost faults
+
+
+class _Xfer:
+    """A transfer a stage-step reuses for all its layers: what it sends (so it can be routed
+    again when links go down), its link loads and its prepared flow."""
+
+    __slots__ = ("src", "matrix", "dst", "hops", "t", "prep", "epoch")
 
 
 class Simulation:
@@ -143,7 +153,8 @@ class Simulation:
         self.gpu_network = np.zeros(n)
         self.stage_busy = np.zeros((self.R, self.P))
         self.step_rows: dict[str, list] = {k: [] for k in (
-            "replica", "microbatch", "start", "end", "sequences", "tokens", "prefill_tokens")}
+            "replica", "microbatch", "start", "end", "sequences", "tokens", "prefill_tokens",
+            "output_tokens")}
         self.stage_rows: dict[str, list] = {k: [] for k in (
             "replica", "stage", "microbatch", "start", "end")}
         self.phases: list[tuple] = []
@@ -164,6 +175,15 @@ class Simulation:
         self.batching = s.batching
         self.prefill = getattr(self.batching, "prefill", "chunked")
         self.chunk = getattr(self.batching, "chunk_tokens", DEFAULT_CHUNK_TOKENS)
+        # faults (docs/faults.md): live replicas, per-GPU op slowdown (None: none active)
+        self.alive = [True] * self.R
+        self.n_alive = self.R
+        self.slow: np.ndarray | None = None
+        self.procs: list[list] = [[] for _ in range(self.R)]
+        self.parked_clients = 0     # closed-loop clients waiting for a replica to restart
+        self.restarts_pending = 0
+        self.injector = FaultInjector(self, s.spec.faults) if s.spec.faults else None
+        self.router = self.injector.router if self.injector else None
 
     # ------------------------------------------------------------------ setup
 
@@ -239,6 +259,11 @@ class Simulation:
         clients are never dropped: their concurrency already bounds the queue."""
         if at >= self.warmup:
             self.arrived_in_window += 1
+        if not self.alive[r]:
+            r = self._live_replica(r)
+            if r < 0:
+                self._unplaced(at, droppable)
+                return
         if droppable and len(self.queues[r]) >= self.max_queue:
             if at >= self.warmup:
                 self.dropped_in_window += 1
@@ -253,12 +278,37 @@ class Simulation:
             for t, p, o in zip(times.tolist(), prompts.tolist(), outputs.tolist()):
                 if t > env.now:
                     yield env.timeout(t - env.now)
-                self._offer(k % self.R, t, p, o)
+                self._offer(k % self.R if self.n_alive == self.R else self._pick(k), t, p, o)
                 k += 1
         if self.target_requests is not None:  # a trace may hold fewer than asked
             self.target_requests = k
             if self.finished >= k and not self.all_done.triggered:
                 self.all_done.succeed()
+
+    def _pick(self, k: int) -> int:
+        """Round robin over the live replicas (-1 when none is)."""
+        live = [i for i in range(self.R) if self.alive[i]]
+        return live[k % len(live)] if live else -1
+
+    def _live_replica(self, r: int) -> int:
+        """The next live replica after r (cyclically), -1 when none is."""
+        for k in range(1, self.R + 1):
+            if self.alive[(r + k) % self.R]:
+                return (r + k) % self.R
+        return -1
+
+    def _unplaced(self, at: float, droppable: bool) -> None:
+        """An arrival with no live replica: an open arrival fails (counted, not stored); a
+        closed-loop client waits for a restart, or gives up when none is coming."""
+        if not droppable and self.restarts_pending:
+            self.parked_clients += 1
+            if at >= self.warmup:
+                self.arrived_in_window -= 1  # it arrives again when a replica restarts
+            return
+        log = self.injector.log
+        log.failed_unplaced += 1
+        log.failed_unplaced_window += at >= self.warmup
+        self._count_finished()
 
     def _new_closed_request(self, r: int, at: float) -> None:
         w = self.scenario.workload
@@ -337,33 +387,38 @@ class Simulation:
     def _microbatch(self, r: int, j: int):
         env, slot = self.env, self.slots[r][j]
         fixed = isinstance(self.batching, FixedInterval)
-        while True:
-            if fixed:
-                t = self._next_departure(j)
-                if t > env.now:
-                    yield env.timeout(t - env.now)
-            self._admit(r, j)
-            if not len(slot):
-                yield self._wait_for_work(r)
-                continue
-            plan = slot.plan(self.prefill, self.chunk)
-            start = env.now
-            detail = start >= self.warmup and self.steps_detailed < self.detail_steps
-            self.steps_detailed += detail
-            self.inflight[r].change(start, +1)
-            for s in range(self.P):
-                with self.stages[r][s].request() as hold:
-                    yield hold
-                    if s == 0:  # a step's time runs from getting the first stage
-                        start = env.now
-                    yield from self._run_stage(r, s, j, plan, detail)
-                if s < self.P - 1:
-                    yield from self._stage_boundary(r, s, plan)
-            if self.P > 1:  # the sampled token returns to the first stage
-                a, b = self.placement.group(r, self.P - 1)[0], self.placement.group(r, 0)[0]
-                yield env.timeout(self.cluster.path_latency(int(a), int(b)))
-            self.inflight[r].change(env.now, -1)
-            self._finish_step(r, j, plan, start)
+        try:
+            while True:
+                if fixed:
+                    t = self._next_departure(j)
+                    if t > env.now:
+                        yield env.timeout(t - env.now)
+                self._admit(r, j)
+                if not len(slot):
+                    yield self._wait_for_work(r)
+                    continue
+                plan = slot.plan(self.prefill, self.chunk)
+                start = env.now
+                detail = start >= self.warmup and self.steps_detailed < self.detail_steps
+                self.steps_detailed += detail
+                self.inflight[r].change(start, +1)
+                for s in range(self.P):
+                    with self.stages[r][s].request() as hold:
+                        yield hold
+                        if s == 0:  # a step's time runs from getting the first stage
+                            start = env.now
+                        yield from self._run_stage(r, s, j, plan, detail)
+                    if s < self.P - 1:
+                        yield from self._stage_boundary(r, s, plan)
+                if self.P > 1:  # the sampled token returns to the first stage
+                    a, b = self.placement.group(r, self.P - 1)[0], self.placement.group(r, 0)[0]
+                    yield env.timeout(self.cluster.path_latency(int(a), int(b)))
+                self.inflight[r].change(env.now, -1)
+                self._finish_step(r, j, plan, start)
+        except simpy.Interrupt:    # its replica stopped (a fault); _stop_replica cleaned up
+            return
+        except Unroutable as e:    # its traffic has no path while links are down
+            self._stop_replica(r, f"unreachable: {e}", self.injector.blame(e.gpu))
 
     def _finish_step(self, r: int, j: int, plan, start: float) -> None:
         now, req = self.env.now, self.req
@@ -387,24 +442,48 @@ class Simulation:
         rows = self.step_rows
         for k, v in (("replica", r), ("microbatch", j), ("start", start), ("end", now),
                      ("sequences", int(plan.decode.sum() + (plan.take > 0).sum())),
-                     ("tokens", plan.tokens), ("prefill_tokens", plan.prefill_tokens)):
+                     ("tokens", plan.tokens), ("prefill_tokens", plan.prefill_tokens),
+                     ("output_tokens", produced)):
             rows[k].append(v)
 
     # ------------------------------------------------------------------ a stage
 
-    def _prepare(self, t: coll.Transfer):
-        """A transfer reused by every layer of a stage-step: normalised once."""
-        return t, self.net.prepare(t.links, t.load)
+    def _prepare(self, src: np.ndarray, matrix: np.ndarray, dst: np.ndarray | None = None,
+                 hops: int | None = None) -> _Xfer:
+        """A transfer reused by every layer of a stage-step: routed and normalised once
+        (again only if links go down or come back meanwhile). `hops` multiplies the
+        latency (an all-reduce pays one per ring step)."""
+        x = _Xfer()
+        x.src, x.matrix, x.dst, x.hops = src, matrix, dst, hops
+        self._route(x)
+        return x
 
-    def _transfer(self, kind: str, prepared):
-        t, prep = prepared
+    def _route(self, x: _Xfer) -> None:
+        if self.router is None:
+            t = coll.pair_loads(self.cluster, x.src, x.matrix, x.dst)
+            x.epoch = 0
+        else:
+            t = self.router.route(x.src, x.matrix, x.dst)  # raises Unroutable
+            x.epoch = self.router.epoch
+        x.t = t = coll.launched(self.cluster, t, x.hops or 1)
+        x.prep = self.net.prepare(t.links, t.load)
+
+    def _fresh(self, x: _Xfer) -> _Xfer:
+        """The transfer routed for the links up now."""
+        if self.router is not None and x.epoch != self.router.epoch:
+            self._route(x)
+        return x
+
+    def _transfer(self, kind: str, x: _Xfer, r: int):
+        if self.router is not None:
+            self._fresh(x)
         rec = self.transfers.setdefault(kind, [0, 0.0])
         rec[0] += 1
-        rec[1] += t.bytes_sent
-        return self.net.start(prep, kind)
+        rec[1] += x.t.bytes_sent
+        return self.net.start(x.prep, kind, r, x)
 
     def _run_stage(self, r: int, s: int, j: int, plan, detail: bool):
-        env, c, cl = self.env, self.costs, self.cluster
+        env, c, router = self.env, self.costs, self.router
         gpus = self.placement.group(r, s)
         G, ep, tp = c.G, c.ep, c.tp
         group_tokens = np.repeat(split_tokens(plan.tokens, ep), tp).astype(float)
@@ -412,6 +491,9 @@ class Simulation:
         # each EP rank's attention group (its TP GPUs) holds an even share of the sequences
         dense_t, dense_cb = c.dense_phase(group_tokens, share * plan.kv_tokens,
                                           share * plan.attn_pairs)
+        slow = self.slow[gpus] if self.slow is not None else None  # stragglers
+        if slow is not None:
+            dense_t = dense_t * slow
         moe = self.stage_moe[s]
         n_moe = int(moe.sum())
         n_layers = len(moe)
@@ -422,16 +504,18 @@ class Simulation:
             routing = draw_routing(c, split_tokens(plan.tokens, G), self.popularity,
                                    self.rng_routing)
             exp_t, exp_cb = c.expert_phase(routing.expert_tokens())
+            if slow is not None:
+                exp_t = exp_t * slow
             comp = comp + exp_t * exp_cb * n_moe
             mem = mem + exp_t * ~exp_cb * n_moe
             if ep > 1:
                 mode, hits = self.dispatch_mode, self._hits(r, s, gpus)
-                disp = self._prepare(coll.exchange(
-                    cl, gpus, dispatch_matrix(c, routing, c.dispatch_bytes, mode, hits)))
-                comb = self._prepare(coll.exchange(
-                    cl, gpus, dispatch_matrix(c, routing, c.combine_bytes, mode, hits).T))
+                disp = self._prepare(gpus, dispatch_matrix(c, routing, c.dispatch_bytes,
+                                                           mode, hits))
+                comb = self._prepare(gpus, dispatch_matrix(c, routing, c.combine_bytes,
+                                                           mode, hits).T)
         if tp > 1:
-            ar = self._prepare(self._tp_all_reduce(gpus, group_tokens))
+            ar = self._tp_all_reduce(gpus, group_tokens)
         t_dense = float(dense_t.max())
         t_exp = float(exp_t.max()) if exp_t is not None else 0.0
         start = env.now
@@ -445,13 +529,15 @@ class Simulation:
                 self.phases.append((r, s, name, mark, env.now))
             mark = env.now
 
-        def collective(busy: str, prepared, kind: str):
+        def collective(busy: str, x: _Xfer, kind: str):
             """Finish the pending compute (`busy`) and latency, then run the collective."""
             nonlocal delay
-            yield env.timeout(delay + prepared[0].latency)
+            if router is not None:
+                self._fresh(x)
+            yield env.timeout(delay + x.t.latency)
             delay = 0.0
             phase(busy)
-            yield self._transfer(kind, prepared)
+            yield self._transfer(kind, x, r)
             phase(kind)
 
         # Per layer: attention (+ dense MLP), then for MoE layers dispatch, experts, combine.
@@ -475,11 +561,13 @@ class Simulation:
         end = env.now
         self._account(r, s, j, gpus, start, end, comp, mem)
 
-    def _tp_all_reduce(self, gpus: np.ndarray, group_tokens: np.ndarray) -> coll.Transfer:
+    def _tp_all_reduce(self, gpus: np.ndarray, group_tokens: np.ndarray) -> _Xfer:
         """All-reduce of the tokens' activations inside every TP group of the stage at once."""
         c = self.costs
-        return coll.group_all_reduce(self.cluster, gpus, c.tp, group_tokens * c.activation_bytes,
-                                     self.scenario.spec.engine.all_reduce)
+        n = c.tp
+        m = coll.group_all_reduce_matrix(len(gpus), n, group_tokens * c.activation_bytes)
+        algo = self.scenario.spec.engine.all_reduce
+        return self._prepare(gpus, m, hops=coll.all_reduce_hops(n, algo))
 
     def _hits(self, r: int, s: int, gpus: np.ndarray):
         """Hit probabilities of the EP ranks and domains of one stage group (cached)."""
@@ -495,17 +583,14 @@ class Simulation:
     def _stage_boundary(self, r: int, s: int, plan):
         a, b = self.placement.group(r, s), self.placement.group(r, s + 1)
         size = split_tokens(plan.tokens, len(a)) * self.costs.activation_bytes
-        t = coll.send_recv(self.cluster, a, b, size)
-        if t.latency:
-            yield self.env.timeout(t.latency)
-        yield self._transfer("send_recv", self._prepare(t))
+        x = self._prepare(a, np.diag(size.astype(float)), b)  # as collectives.send_recv
+        if x.t.latency:
+            yield self.env.timeout(x.t.latency)
+        yield self._transfer("send_recv", x, r)
 
     def _account(self, r, s, j, gpus, start, end, comp, mem) -> None:
         self.holding.pop((r, s), None)
-        rows = self.stage_rows
-        for k, v in (("replica", r), ("stage", s), ("microbatch", j), ("start", start),
-                     ("end", end)):
-            rows[k].append(v)
+        self._stage_row(r, s, j, start, end)
         dur = end - start
         inside = max(0.0, end - max(start, self.warmup))
         if inside <= 0 or dur <= 0:
@@ -516,6 +601,79 @@ class Simulation:
         self.gpu_memory[gpus] += f * mem
         self.gpu_network[gpus] += f * np.maximum(dur - comp - mem, 0.0)
 
+    def _stage_row(self, r, s, j, start, end) -> None:
+        rows = self.stage_rows
+        for k, v in (("replica", r), ("stage", s), ("microbatch", j), ("start", start),
+                     ("end", end)):
+            rows[k].append(v)
+
+    # ------------------------------------------------------------------ replicas stop
+
+    def _stop_replica(self, r: int, reason: str, fault: int,
+                      restart_at: float | None = None) -> int:
+        """Replica r stops taking work now (a fault): its microbatch processes end, its
+        flows leave the network, its stage holds count as busy up to now, and every request
+        it holds (running or queued) fails, counted. Returns how many failed."""
+        from .faults import StopEvent  # noqa: PLC0415
+
+        if not self.alive[r]:
+            return 0
+        env, now, req = self.env, self.env.now, self.req
+        self.alive[r] = False
+        self.n_alive -= 1
+        me = env.active_process
+        for p in self.procs[r]:
+            if p is not me and p.is_alive:
+                p.interrupt(reason)
+        self.procs[r] = []
+        self.net.cancel(r)
+        for key in [k for k in self.holding if k[0] == r]:
+            start, gpus, comp, mem = self.holding.pop(key)
+            self._stage_row(r, key[1], -1, start, now)
+            self._close_hold(key, start, gpus, comp, mem, now)
+        iv = self.inflight[r]
+        if iv.count:
+            iv.change(now, -iv.count)
+        ids = [int(i) for sl in self.slots[r] for i in sl.ids] + list(self.queues[r])
+        stop = len(self.injector.log.stops)
+        if ids:
+            ids_a = np.array(ids, dtype=np.int64)
+            req.status[ids_a] = FAILED
+            req.cause[ids_a] = stop + 1
+            req.failed_at[ids_a] = now
+        self.slots[r] = [Slot() for _ in range(self.M)]
+        self.queues[r].clear()
+        self.waiters[r] = []
+        self.kv_reserved[r] = 0.0
+        self.injector.log.stops.append(StopEvent(now, r, reason, fault, len(ids), restart_at))
+        if restart_at is not None:
+            self.restarts_pending += 1
+        closed = isinstance(self.scenario.workload.arrival, Closed)
+        for _ in ids:
+            self._count_finished()
+            if closed:  # the client's request failed; it sends its next one elsewhere
+                self._new_closed_request(r, now + self.scenario.workload.arrival.think_time_s)
+        if self.n_alive == 0 and not self.restarts_pending and \
+                self.target_requests is not None and not self.all_done.triggered:
+            self.all_done.succeed()  # nothing can ever finish the remaining requests
+        return len(ids)
+
+    def _restart_replica(self, r: int) -> None:
+        """A stopped replica comes back empty (restart_replica policy)."""
+        self.restarts_pending -= 1
+        if self.alive[r]:
+            return
+        self.alive[r] = True
+        self.n_alive += 1
+        self.injector.log.restarts.append((self.env.now, r))
+        self._spawn(r)
+        parked, self.parked_clients = self.parked_clients, 0
+        for _ in range(parked):
+            self._new_closed_request(r, self.env.now)
+
+    def _spawn(self, r: int) -> None:
+        self.procs[r] = [self.env.process(self._microbatch(r, j)) for j in range(self.M)]
+
     # ------------------------------------------------------------------ run
 
     def run(self, progress: Callable[[float, float], None] | None = None) -> EngineResult:
@@ -523,8 +681,9 @@ class Simulation:
         env = self.env
         self._start_arrivals()
         for r in range(self.R):
-            for j in range(self.M):
-                env.process(self._microbatch(r, j))
+            self._spawn(r)
+        if self.injector is not None:
+            self.injector.start()
         w = self.scenario.workload
         if w.duration_s is not None:
             end = w.duration_s
@@ -543,18 +702,22 @@ class Simulation:
         """Stage holds still running when the run stops count as busy up to the end: their
         time goes to compute and memory in the ratio of the step's op times, the rest (if
         the hold has run longer than its ops) to network."""
-        for (r, s), (start, gpus, comp, mem) in self.holding.items():
-            inside = max(0.0, end - max(start, self.warmup))
-            if inside <= 0:
-                continue
-            ops = comp + mem
-            share = np.minimum(1.0, (end - start) / np.maximum(ops, 1e-300)) * \
-                inside / max(end - start, 1e-300)
-            self.stage_busy[r, s] += inside
-            self.gpu_compute[gpus] += comp * share
-            self.gpu_memory[gpus] += mem * share
-            self.gpu_network[gpus] += np.maximum(inside - (comp + mem) * share, 0.0)
+        for key, (start, gpus, comp, mem) in self.holding.items():
+            self._close_hold(key, start, gpus, comp, mem, end)
         self.holding.clear()
+
+    def _close_hold(self, key, start, gpus, comp, mem, end) -> None:
+        r, s = key
+        inside = max(0.0, end - max(start, self.warmup))
+        if inside <= 0:
+            return
+        ops = comp + mem
+        share = np.minimum(1.0, (end - start) / np.maximum(ops, 1e-300)) * \
+            inside / max(end - start, 1e-300)
+        self.stage_busy[r, s] += inside
+        self.gpu_compute[gpus] += comp * share
+        self.gpu_memory[gpus] += mem * share
+        self.gpu_network[gpus] += np.maximum(inside - (comp + mem) * share, 0.0)
 
     def _result(self, end: float, wall: float) -> EngineResult:
         self.net.finish_stats()  # bring link statistics up to the end
@@ -588,7 +751,10 @@ class Simulation:
             input_tokens=self.input_tokens, kv_capacity_tokens=self.kv_capacity,
             sim_events=self.env.events_processed, wall_time_s=wall, transfers=self.transfers,
             arrived_in_window=self.arrived_in_window, dropped_in_window=self.dropped_in_window,
-            max_queue=self.max_queue, longest_queue=max(len(q) for q in self.queues))
+            max_queue=self.max_queue, longest_queue=max(len(q) for q in self.queues),
+            faults=self.injector.finish() if self.injector else None,
+            lost_gpus=tuple(sorted({f.gpu for f in self.scenario.spec.faults
+                                    if f.kind == "gpu_lost" and f.start <= end})))
 
 
 def _from_trace(dist) -> bool:

@@ -3,7 +3,9 @@
 Tracks: one process per replica with a thread per pipeline stage (steps as slices, their
 layers and collectives nested for the detailed steps, gaps marked as bubbles); a "network"
 process with a utilisation counter per tier; a "requests" process with each request's life
-as an async slice (lifetimes overlap, which plain slices on one track cannot show).
+as an async slice (lifetimes overlap, which plain slices on one track cannot show); with
+faults, a "faults" process: one track per fault (its active window as a slice) and instants
+where a replica stopped or restarted.
 Times are microseconds.
 """
 
@@ -24,6 +26,8 @@ COUNTER_BINS = 5_000     # utilisation counter points per tier
 US = 1e6
 NETWORK_PID = 10_000
 REQUESTS_PID = 10_001
+FAULTS_PID = 10_002
+FAULT_TID0 = 1_000_000   # fault tracks' thread ids, clear of the stage tracks'
 
 
 def _meta(pid: int, name: str, tid: int | None = None, sort: int | None = None) -> list[dict]:
@@ -97,9 +101,44 @@ def trace_events(res: EngineResult, tables: Tables) -> dict:
                    "args": {"prompt_tokens": int(row.prompt_tokens),
                             "output_tokens": int(row.output_tokens)}})
         ev.append({**common, "ph": "e", "ts": row.finish_s * US})
+    ev += _fault_events(res)
     return {"traceEvents": ev, "displayTimeUnit": "ms",
             "metadata": {"scenario": res.scenario.file, "stage_slices": n,
                          "stage_slices_written": keep, "truncated": n > keep}}
+
+
+def _fault_events(res: EngineResult) -> list[dict]:
+    log = res.faults
+    if log is None:
+        return []
+    ev = _meta(FAULTS_PID, "faults", sort=999)
+    t_end = res.window[1]
+    for rec in log.records:
+        tid = FAULT_TID0 + rec.index
+        ev += _meta(FAULTS_PID, f"fault {rec.index}: {rec.kind} ({rec.target})", tid=tid)
+        if rec.start > t_end:
+            continue
+        end = min(rec.end if rec.end is not None else t_end, t_end)
+        args = {"target": rec.target, "effect": "; ".join(rec.effect)}
+        if end > rec.start:
+            ev.append({"ph": "X", "pid": FAULTS_PID, "tid": tid, "cat": "fault",
+                       "name": rec.kind, "ts": rec.start * US, "dur": (end - rec.start) * US,
+                       "args": args})
+        else:
+            ev.append({"ph": "i", "s": "t", "pid": FAULTS_PID, "tid": tid, "cat": "fault",
+                       "name": rec.kind, "ts": rec.start * US, "args": args})
+    stops_tid = FAULT_TID0 + len(log.records)
+    if log.stops:
+        ev += _meta(FAULTS_PID, "replica stops and restarts", tid=stops_tid)
+    for st in log.stops:
+        ev.append({"ph": "i", "s": "g", "pid": FAULTS_PID, "tid": stops_tid, "cat": "fault",
+                   "name": f"replica {st.replica} stopped", "ts": st.time * US,
+                   "args": {"reason": st.reason, "requests_failed": st.requests_failed,
+                            "fault": st.fault}})
+    for t, r in log.restarts:
+        ev.append({"ph": "i", "s": "g", "pid": FAULTS_PID, "tid": stops_tid, "cat": "fault",
+                   "name": f"replica {r} restarted", "ts": t * US})
+    return ev
 
 
 def write_trace(res: EngineResult, tables: Tables, path: Path) -> Path:

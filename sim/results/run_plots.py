@@ -102,7 +102,9 @@ def plot_links(res: EngineResult, tables: Tables, path: Path) -> Path:
         for tier in tiers:
             a1.plot(edges[:-1], binned_mean(t, ls[tier].to_numpy(), edges),
                     drawstyle="steps-post", label=tier)
-        a1.legend(fontsize=8)
+        if res.faults is not None:
+            _fault_overlay(a1, res, tables, edges)
+        a1.legend(fontsize=8, loc="upper left")
     else:
         _no_data(a1)
     a1.set(xlabel="time (s)", ylabel="mean utilisation of the tier's links",
@@ -130,6 +132,28 @@ def plot_links(res: EngineResult, tables: Tables, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _fault_overlay(ax, res: EngineResult, tables: Tables, edges: np.ndarray) -> None:
+    """Fault windows shaded, replica stops marked, and output tokens/s on a second axis (a
+    throughput dip shows under the window)."""
+    t0, t1 = edges[0], edges[-1]
+    for k, rec in enumerate(res.faults.records):
+        end = rec.end if rec.end is not None else t1
+        if end > t0 and rec.start < t1:
+            ax.axvspan(max(rec.start, t0), min(end, t1), color=f"C{(k + 3) % 10}", alpha=0.15,
+                       label=f"fault {rec.index}: {rec.kind}")
+    for st in res.faults.stops:
+        if t0 <= st.time <= t1:
+            ax.axvline(st.time, color="red", linewidth=1)
+    steps = tables.steps
+    if len(steps) and "output_tokens" in steps:
+        produced, _ = np.histogram(steps["end"], bins=edges, weights=steps["output_tokens"])
+        tw = ax.twinx()
+        tw.plot(edges[:-1], produced / np.diff(edges), color="black", linewidth=0.8,
+                drawstyle="steps-post", label="output tokens/s")
+        tw.set_ylabel("output tokens/s (black)")
+        tw.set_ylim(bottom=0)
 
 
 def plot_run(res: EngineResult, tables: Tables, out_dir: Path, fmt: str = "png"

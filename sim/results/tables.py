@@ -12,7 +12,7 @@ from ..cluster.topology import TIER_NAMES
 from ..engine.simulation import EngineResult
 
 SECONDS_PER_HOUR = 3600.0
-STATUS = {0: "waiting", 1: "running", 2: "completed", 3: "dropped"}
+STATUS = {0: "waiting", 1: "running", 2: "completed", 3: "dropped", 4: "failed"}
 GPU_CATEGORIES = ("compute", "memory", "network", "bubble", "idle")
 
 
@@ -24,6 +24,7 @@ class Tables:
     links: pd.DataFrame
     steps: pd.DataFrame
     link_series: pd.DataFrame
+    faults: pd.DataFrame = None   # one row per scenario fault (faults.csv)
 
 
 def distribution(x: np.ndarray) -> dict:
@@ -61,7 +62,52 @@ def requests_frame(res: EngineResult) -> pd.DataFrame:
         "prompt_tokens": r.prompt[:n], "output_tokens": out,
         "status": pd.Categorical([STATUS[int(s)] for s in r.status[:n]],
                                  categories=list(STATUS.values())),
+        "failed_s": r.failed_at[:n],
+        "failure": _failure_reasons(res, r.cause[:n]),
     })
+
+
+def _failure_reasons(res: EngineResult, cause: np.ndarray) -> pd.Categorical:
+    """Why a failed request failed (its replica's stop reason); empty otherwise."""
+    stops = res.faults.stops if res.faults is not None else []
+    names = [""] + [f"replica {st.replica} stopped at {st.time:.9g} s: {st.reason}"
+                    for st in stops]
+    return pd.Categorical.from_codes(cause.astype(np.int64), categories=names)
+
+
+FAULT_COLUMNS = ("fault", "kind", "target", "start_s", "end_s", "links", "gpus", "replica",
+                 "requests_failed", "effect")
+
+
+def faults_frame(res: EngineResult) -> pd.DataFrame:
+    """faults.csv: one row per fault of the scenario and what it did."""
+    recs = res.faults.records if res.faults is not None else []
+    return pd.DataFrame([(f.index, f.kind, f.target, f.start, f.end, f.links, f.gpus,
+                          f.replica, f.requests_failed, "; ".join(f.effect)) for f in recs],
+                        columns=list(FAULT_COLUMNS))
+
+
+def faults_summary(res: EngineResult, req: pd.DataFrame) -> dict:
+    """summary.json's `faults`: counts by kind and what they did to the deployment (over the
+    whole run, warm-up included, like faults.csv)."""
+    log = res.faults
+    kinds = ("link_degraded", "link_down", "straggler", "gpu_lost")
+    by_kind = {k: 0 for k in kinds}
+    for f in res.scenario.spec.faults:
+        by_kind[f.kind] += 1
+    failed = int((req["status"] == "failed").sum())
+    return {
+        "count": len(res.scenario.spec.faults), "by_kind": by_kind,
+        "replicas_stopped": len(log.stops) if log else 0,
+        "replica_restarts": len(log.restarts) if log else 0,
+        "replicas_alive_at_end": res.scenario.layout.data_parallel - (
+            len(log.stops) - len(log.restarts) if log else 0),
+        "requests_failed": failed + (log.failed_unplaced if log else 0),
+        "requests_failed_unplaced": log.failed_unplaced if log else 0,
+        "transfers_rerouted": log.rerouted_transfers if log else 0,
+        "bytes_rerouted": log.rerouted_bytes if log else 0.0,
+        "flows_rerouted_in_flight": log.flows_rerouted_in_flight if log else 0,
+    }
 
 
 def gpus_frame(res: EngineResult) -> pd.DataFrame:
@@ -77,6 +123,7 @@ def gpus_frame(res: EngineResult) -> pd.DataFrame:
             rank[pl[r, s]] = np.arange(pl.shape[2])
     role[g["used"]] = "serving"
     role[~g["used"]] = "unused"
+    role[list(res.lost_gpus)] = "lost"
     df = pd.DataFrame({"gpu": np.arange(cl.n_gpus), "rack": cl.gpu_rack,
                        "domain": cl.gpu_domain, "replica": replica, "stage": stage,
                        "rank": rank, "role": role})
@@ -124,6 +171,8 @@ def summarise(res: EngineResult, req: pd.DataFrame, gpus: pd.DataFrame,
     dropped = int(((req["status"] == "dropped") & (req["arrival_s"] >= t0)).sum()) \
         + res.dropped_in_window
     in_flight = req["status"].isin(["waiting", "running"])
+    failed = int(((req["status"] == "failed") & (req["arrival_s"] >= t0)).sum()) + (
+        res.faults.failed_unplaced_window if res.faults is not None else 0)
     used = gpus[gpus["role"] == "serving"]
     frac = {c: float((used[f"{c}_s"] / window).mean()) if window > 0 else 0.0
             for c in GPU_CATEGORIES}
@@ -157,6 +206,7 @@ def summarise(res: EngineResult, req: pd.DataFrame, gpus: pd.DataFrame,
         "requests_completed": int(done.sum()),
         "requests_dropped": dropped,
         "requests_in_flight": int(in_flight.sum()),
+        "requests_failed": failed,
         # overload: arrivals turned away, or arriving clearly faster than requests complete
         "arrival_rate_per_s": res.arrived_in_window / window if window > 0 else 0.0,
         "service_rate_per_s": float(done.sum()) / window if window > 0 else 0.0,
@@ -177,6 +227,7 @@ def summarise(res: EngineResult, req: pd.DataFrame, gpus: pd.DataFrame,
         "kv_capacity_tokens_per_replica": (None if not np.isfinite(res.kv_capacity_tokens)
                                            else float(res.kv_capacity_tokens)),
         "bytes_by_collective": {k: v[1] for k, v in res.transfers.items()},
+        "faults": faults_summary(res, req),
         "network_solves": res.network.solves,
         "sim_events": res.sim_events,
         "wall_time_s": res.wall_time_s,
@@ -189,4 +240,4 @@ def build_tables(res: EngineResult) -> Tables:
     links = links_frame(res)
     steps = steps_frame(res)
     return Tables(summarise(res, req, gpus, links, steps), req, gpus, links, steps,
-                  link_series_frame(res))
+                  link_series_frame(res), faults_frame(res))

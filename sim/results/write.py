@@ -88,6 +88,8 @@ def _write_files(res: EngineResult, tables: Tables, out: Path, plots: bool, trac
         _csv(tables.links, out / "links.csv"),
         _csv(tables.steps, out / "steps.csv"),
     ]
+    if tables.faults is not None:
+        written.append(_csv(tables.faults, out / "faults.csv"))
     if trace:
         from .perfetto import write_trace  # noqa: PLC0415
 

@@ -14,6 +14,7 @@ from pydantic import Field
 from .base import NonNegativeInt, PositiveInt, PositiveNumber, Spec
 from .engine_options import EngineOptions, HotRouting, MoEOptions
 from .errors import SpecError
+from .faults import Fault, check_faults
 from .hardware import Hardware
 from .layout import Layout, kv_capacity_tokens, memory_per_gpu, weight_bytes_per_gpu
 from .model import Model, ModelFile
@@ -41,6 +42,10 @@ class ScenarioFile(Spec):
         None, description="$ per GPU-hour; enables $ per million tokens")
     moe: MoEOptions = MoEOptions()
     engine: EngineOptions = EngineOptions()
+    faults: list[Fault] = Field(
+        default_factory=list,
+        description="link_degraded, link_down, straggler and gpu_lost events with their time "
+                    "windows (docs/faults.md)")
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,8 @@ def scenario_from_dict(data: Any, *, file: str = "<inline>", base_dir: Path = Pa
     model = load_model(spec.model, file=file, base_dir=base_dir)
     scenario = Scenario(file=file, spec=spec, hardware=hardware, model=model, base_dir=base_dir)
     check_feasible(scenario)
+    check_faults(spec.faults, gpus=scenario.cluster_gpus, racks=scenario.racks,
+                 duration_s=spec.workload.duration_s, file=file)
     return scenario
 
 
