@@ -80,7 +80,7 @@ def test_killed_sweep_resumes_without_recomputing(sweep_scenario, tmp_path):
     folder = tmp_path / "sw"
     sets = ["layout.expert_parallel=2,4,8", "batching.max_batch=64,512",
             "workload.arrival.rate_per_s=100,300",
-            "workload.duration_s=8"]  # 12 points of a few tenths of a second each
+            "workload.duration_s=40"]  # 12 points of about a second each
     cmd = [sys.executable, "-m", "sim.cli", "sweep", str(sweep_scenario), "--mode",
            "simulate", "--workers", "2", "--out", str(folder)]
     for s in sets:

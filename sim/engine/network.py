@@ -40,6 +40,15 @@ EPS = 1e-12
 SATURATED = 1 - 1e-9   # utilisation counted as "at capacity"
 
 
+def _union_length(starts: np.ndarray, ends: np.ndarray) -> float:
+    """Total length covered by intervals [starts, ends)."""
+    o = np.argsort(starts, kind="stable")
+    s, e = starts[o], ends[o]
+    cover = np.maximum.accumulate(e)
+    before = np.concatenate([[-np.inf], cover[:-1]])
+    return float(np.maximum(cover - np.maximum(s, before), 0.0).sum())
+
+
 def _tick(now: float) -> float:
     """The smallest step the clock can take at `now` (a few float ulps): a flow with less
     time than this left is finished, or it would never advance."""
@@ -74,6 +83,24 @@ class Flow:
     counted: float = 0.0       # fraction moved inside the statistics window
     owner: int = -1            # who started it (the engine's replica), for cancel()
     tag: object = None         # opaque to the network: what a reroute callback needs
+    initial: float = 1.0       # fraction left when it joined (< 1: the rest of a train's)
+
+
+@dataclass
+class Train:
+    """A stage-step's whole sequence of waits and transfers, run as one event while no other
+    flow touches its links (the solo times are then exact). `seg_end` holds absolute end
+    times; `preps[k]` is the transfer of segment k (None for a wait)."""
+
+    id: int
+    links: np.ndarray
+    t0: float
+    seg_end: np.ndarray
+    preps: list
+    labels: list
+    owner: int
+    done: simpy.Event
+    active: bool = True
 
 
 @dataclass
@@ -119,6 +146,17 @@ class Network:
         self.bytes_delivered = 0.0
         self.bytes_dropped = 0.0   # bytes of cancelled flows never moved
         self._epoch = 0            # bumped by every capacity change
+        # trains (see start_train): links they hold, pool flows per link, and the logs that
+        # let statistics of out-of-order train segments merge with the pool's at the end
+        self._reserved = np.full(n, -1, dtype=np.int64)
+        self._pool_count = np.zeros(n, dtype=np.int64)
+        self.trains: dict[int, Train] = {}
+        self._next_train = 0
+        self.trains_split = 0
+        self._delta_t: list[np.ndarray] = []        # utilisation steps of trains: times,
+        self._delta_u: list[np.ndarray] = []        # ... and per-tier changes [k, n_tiers]
+        self._sat_iv: list[np.ndarray] = []         # train tier-saturation intervals [k, 3]
+        self._pool_sat_iv: list[list[float]] = []   # pool's: [tier, start, end], merged
 
     # ------------------------------------------------------------------ public
 
@@ -150,11 +188,17 @@ class Network:
             return done
         if prep.epoch != self._epoch:  # prepared before a capacity change
             prep = self._refresh(prep)
+        if self.trains:
+            self._split_trains(prep.links)
         self.bytes_injected += prep.total
         self._advance()
-        self.flows.append(Flow(prep, label, done, 1.0, 0.0, 0.0, owner, tag))
+        self._add(Flow(prep, label, done, 1.0, 0.0, 0.0, owner, tag))
         self._solve()
         return done
+
+    def _add(self, f: Flow) -> None:
+        self.flows.append(f)
+        self._pool_count[f.prep.links] += 1
 
     def transfer(self, links: np.ndarray, load: np.ndarray, label: str = "") -> simpy.Event:
         """prepare() and start() in one call."""
@@ -172,6 +216,8 @@ class Network:
         that crosses a link left with no capacity gets a new route from `reroute` for its
         remaining bytes (None, or no callback, withdraws it: its done event never fires and
         the returned list names it); the rest keep their routes. Then everything re-solves."""
+        if self.trains:
+            self._split_trains(None)
         self._advance()
         self.capacity = np.array(capacity, dtype=float)
         self._epoch += 1
@@ -188,32 +234,212 @@ class Network:
                 f.prep = self._refresh(f.prep)
             kept.append(f)
         self.flows = kept
+        self._recount()
         self._solve()
         return withdrawn
 
     def cancel(self, owner: int) -> int:
         """Withdraw every flow of `owner` now (their done events never fire); returns how
         many. Bytes already moved count as delivered, the rest as dropped."""
+        if self.trains:
+            self._split_trains(None)
         self._advance()
         gone = [f for f in self.flows if f.owner == owner]
         if gone:
             for f in gone:
                 self._withdraw(f)
             self.flows = [f for f in self.flows if f.owner != owner]
+            self._recount()
             self._solve()
         return len(gone)
 
+    def _recount(self) -> None:
+        self._pool_count[:] = 0
+        for f in self.flows:
+            self._pool_count[f.prep.links] += 1
+
     def bytes_in_flight(self) -> float:
         """Link bytes of the flows not yet finished, part moved or not (conservation:
-        injected = delivered + dropped + in flight)."""
+        injected = delivered + dropped + in flight). A train's bytes count as injected and
+        delivered together, as they move (when it ends or splits)."""
         return sum(f.prep.total for f in self.flows)
 
     def finish_stats(self) -> None:
-        """Bring the statistics up to now and count the bytes of flows still moving."""
+        """Bring the statistics up to now and count the bytes of flows still moving; merge
+        the trains' utilisation steps and saturation intervals with the pool's."""
         self._advance()
         for f in self.flows:
             self._count_bytes(f)
             f.counted = 0.0
+        now = self.env.now
+        for t in list(self.trains.values()):   # bytes moved so far count as delivered
+            self._settle(t, now, final=False)
+        self._merge_logs()
+
+    # ------------------------------------------------------------------ trains
+
+    @property
+    def trains_run(self) -> int:
+        return self._next_train
+
+    def start_train(self, waits: list[float], preps: list, labels: list,
+                    owner: int = -1) -> simpy.Event | None:
+        """Run a sequence of segments as one event: segment k is a wait of waits[k] seconds
+        followed, when preps[k] is not None, by that transfer at its solo rate. Only when
+        no flow or train holds any of its links (else None: run it flow by flow). The event
+        fires with None when all is done, or, if another flow claims one of its links
+        first, with (k, remaining wait of k, pool flow event or None): segments before k
+        are done, the caller goes on from there (the transfer of k, if started, continues as
+        an ordinary flow whose event is given)."""
+        live = [p for p in preps if p is not None]
+        if not live or any(p.epoch != self._epoch for p in live):
+            return None
+        links = np.unique(np.concatenate([p.links for p in live]))
+        if (self._reserved[links] >= 0).any() or self._pool_count[links].any():
+            return None
+        durs = []
+        for w, p in zip(waits, preps):
+            durs.append(w)
+            durs.append(p.size / p.alone_bps if p is not None else 0.0)
+        now = self.env.now
+        ends = now + np.cumsum(durs)          # [wait0, xfer0, wait1, xfer1, ...]
+        t = Train(self._next_train, links, now, ends, list(preps), list(labels), owner,
+                  self.env.event())
+        self._next_train += 1
+        self.trains[t.id] = t
+        self._reserved[links] = t.id
+        ev = self.env.timeout(float(ends[-1] - now))
+        ev.callbacks.append(lambda _e, t=t: self._train_done(t))
+        return t.done
+
+    def _train_done(self, t: Train) -> None:
+        if not t.active:
+            return
+        self._settle(t, float(t.seg_end[-1]), final=True)
+        t.done.succeed(None)
+
+    def _split_trains(self, links: np.ndarray | None) -> None:
+        """Turn the trains holding any of `links` (all if None) into what they are doing
+        now: their finished segments are accounted, a transfer in progress joins the pool."""
+        if links is None:
+            ids = list(self.trains)
+        else:
+            held = self._reserved[links]
+            ids = [int(i) for i in np.unique(held[held >= 0])]
+        if not ids:
+            return
+        now = self.env.now
+        self._advance()
+        joined = False
+        for i in ids:
+            t = self.trains[i]
+            self.trains_split += 1
+            seg, left = self._settle(t, now, final=False)
+            k = seg // 2
+            if seg % 2 == 0:    # waiting before transfer k
+                t.done.succeed((k, float(t.seg_end[seg] - now), None))
+            else:               # inside transfer k: the rest moves as a pool flow
+                p = t.preps[k]
+                done = self.env.event()
+                self.bytes_injected += left * p.total
+                self._add(Flow(p, t.labels[k], done, left, 0.0, 0.0, t.owner, None, left))
+                joined = True
+                t.done.succeed((k, 0.0, done))
+        if joined:
+            self._solve()
+
+    def _settle(self, t: Train, now: float, final: bool) -> tuple[int, float]:
+        """Account t's transfers up to `now`, release its links and forget it. Returns the
+        segment in progress (2k: wait before transfer k, 2k+1: transfer k) and, for a
+        transfer, the fraction of it left."""
+        t.active = False
+        del self.trains[t.id]
+        self._reserved[t.links] = -1
+        ends = t.seg_end
+        n = len(ends)
+        seg = n if final else min(int(np.searchsorted(ends, now, side="right")), n - 1)
+        starts = np.concatenate([[t.t0], ends[:-1]])
+        left = 0.0
+        sf = self.stats_from
+        st = self.stats
+        groups: dict[int, list[int]] = {}
+        for k, p in enumerate(t.preps):
+            i = 2 * k + 1
+            if p is None or i > seg or (i == seg and now <= starts[i]):
+                continue
+            groups.setdefault(id(p), []).append(i)
+        for idx in groups.values():
+            p = t.preps[idx[0] // 2]
+            idx = np.array(idx)
+            a, e = starts[idx], ends[idx]
+            b = np.minimum(e, now)
+            dur = np.maximum(e - a, 1e-300)
+            done_frac = (b - a) / dur
+            if not final and idx[-1] == seg:
+                left = float(1.0 - done_frac[-1])
+                self.bytes_injected += (1.0 - left) * p.total
+                self.bytes_delivered += (1.0 - left) * p.total
+                full = done_frac[:-1].sum()
+            else:
+                full = done_frac.sum()
+            self.bytes_injected += full * p.total
+            self.bytes_delivered += full * p.total
+            aw = np.maximum(a, sf)
+            dw = np.maximum(b - aw, 0.0)
+            if dw.sum() > 0:
+                st.bytes[p.links] += p.load * (p.size * float((dw / dur).sum()))
+                st.saturated[p.alone_sat] += float(dw.sum())
+                st.peak[p.links] = np.maximum(st.peak[p.links], p.alone_util)
+                w = dw > 0
+                for tier in p.alone_sat_tiers:
+                    self._sat_iv.append(np.column_stack(
+                        [np.full(int(w.sum()), float(tier)), aw[w], b[w]]))
+            if self._record_series:
+                bps = p.alone_bps
+                row = np.array(p.tier_weight) * bps / np.maximum(self.tier_links, 1)
+                self._delta_t.append(np.concatenate([a, b]))
+                self._delta_u.append(np.concatenate(
+                    [np.tile(row, (len(a), 1)), np.tile(-row, (len(b), 1))]))
+        return seg, left
+
+    def _log_pool_sat(self, a: float, b: float) -> None:
+        log = self._pool_sat_iv
+        for tier in self._sat_tiers:
+            tier = float(tier)
+            for iv in reversed(log[-self.n_tiers:]):   # extend a contiguous interval
+                if iv[0] == tier and iv[2] == a:
+                    iv[2] = b
+                    break
+            else:
+                log.append([tier, a, b])
+
+    def _merge_logs(self) -> None:
+        """Tier saturation as the union of pool and train intervals; the utilisation series
+        as the pool's plus the trains' steps (applied in time order)."""
+        st = self.stats
+        parts = self._sat_iv + ([np.array(self._pool_sat_iv)] if self._pool_sat_iv else [])
+        st.tier_saturated[:] = 0.0
+        if parts:
+            iv = np.concatenate(parts)
+            for tier in range(self.n_tiers):
+                sel = iv[iv[:, 0] == tier]
+                if len(sel):
+                    st.tier_saturated[tier] = _union_length(sel[:, 1], sel[:, 2])
+        if self._delta_t and self._record_series:
+            nt = self.n_tiers
+            pt = np.frombuffer(st.series_t, dtype=float)
+            pu = np.frombuffer(st.series_util, dtype=float).reshape(-1, nt)
+            pd = np.diff(pu, axis=0, prepend=np.zeros((1, nt)))
+            t_all = np.concatenate([pt, *self._delta_t])
+            d_all = np.concatenate([pd, *self._delta_u])
+            o = np.argsort(t_all, kind="stable")
+            t_all, level = t_all[o], np.cumsum(d_all[o], axis=0)
+            last = np.r_[t_all[1:] != t_all[:-1], True]   # one value per instant
+            level = np.maximum(level[last], 0.0)
+            st.series_t = array("d", t_all[last].tolist())
+            st.series_util = array("d", level.ravel().tolist())
+            self._delta_t, self._delta_u = [], []
+        self._sat_iv, self._pool_sat_iv = [], []
 
     # ------------------------------------------------------------------ mechanics
 
@@ -260,7 +486,7 @@ class Network:
                 st = self.stats
                 if len(self._sat):
                     st.saturated[self._sat] += counted
-                    st.tier_saturated[self._sat_tiers] += counted
+                    self._log_pool_sat(now - counted, now)
                 if self._peak_pending:
                     u = self._union
                     st.peak[u] = np.maximum(st.peak[u], self._util)
@@ -269,9 +495,10 @@ class Network:
         tick = _tick(now)
         for f in self.flows:
             if f.remaining <= 1e-9 or f.remaining <= f.rate * tick:
+                self._pool_count[f.prep.links] -= 1
                 f.counted += max(f.remaining, 0.0) if now > self.stats_from else 0.0
                 self._count_bytes(f)
-                self.bytes_delivered += f.prep.total
+                self.bytes_delivered += f.prep.total * f.initial
                 f.done.succeed()
             else:
                 alive.append(f)

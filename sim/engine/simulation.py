@@ -184,6 +184,8 @@ class Simulation:
         self.restarts_pending = 0
         self.injector = FaultInjector(self, s.spec.faults) if s.spec.faults else None
         self.router = self.injector.router if self.injector else None
+        # trains need fixed routes and capacities: off when faults are configured
+        self.use_trains = s.spec.engine.layer_trains and self.injector is None
 
     # ------------------------------------------------------------------ setup
 
@@ -477,10 +479,13 @@ class Simulation:
     def _transfer(self, kind: str, x: _Xfer, r: int):
         if self.router is not None:
             self._fresh(x)
+        self._count_transfer(kind, x)
+        return self.net.start(x.prep, kind, r, x)
+
+    def _count_transfer(self, kind: str, x: _Xfer) -> None:
         rec = self.transfers.setdefault(kind, [0, 0.0])
         rec[0] += 1
         rec[1] += x.t.bytes_sent
-        return self.net.start(x.prep, kind, r, x)
 
     def _run_stage(self, r: int, s: int, j: int, plan, detail: bool):
         env, c, router = self.env, self.costs, self.router
@@ -529,35 +534,72 @@ class Simulation:
                 self.phases.append((r, s, name, mark, env.now))
             mark = env.now
 
-        def collective(busy: str, x: _Xfer, kind: str):
-            """Finish the pending compute (`busy`) and latency, then run the collective."""
-            nonlocal delay
-            if router is not None:
-                self._fresh(x)
-            yield env.timeout(delay + x.t.latency)
-            delay = 0.0
-            phase(busy)
-            yield self._transfer(kind, x, r)
-            phase(kind)
-
-        # Per layer: attention (+ dense MLP), then for MoE layers dispatch, experts, combine.
-        # Tensor parallelism all-reduces after attention and after the MLP/experts
-        # (Megatron-style: two per layer). Timeouts between collectives are merged.
+        # The step's timeline. Per layer: attention (+ dense MLP), then for MoE layers
+        # dispatch, experts, combine; tensor parallelism all-reduces after attention and
+        # after the MLP/experts (Megatron-style: two per layer). Each entry is (compute
+        # before it, transfer, kind, what the compute was); the last is the trailing compute.
+        segs = []
+        delay = 0.0
         for is_moe in moe:
             delay += t_dense
             if tp > 1:
-                yield from collective("attention", ar, "all_reduce")
+                segs.append((delay, ar, "all_reduce", "attention"))
+                delay = 0.0
             if is_moe:
                 if ep > 1:
-                    yield from collective("attention", disp, "dispatch")
+                    segs.append((delay, disp, "dispatch", "attention"))
+                    delay = 0.0
                 delay += t_exp
                 if ep > 1:
-                    yield from collective("experts", comb, "combine")
+                    segs.append((delay, comb, "combine", "experts"))
+                    delay = 0.0
             if tp > 1:
-                yield from collective("experts" if is_moe else "mlp", ar, "all_reduce")
-        if delay > 0:
-            yield env.timeout(delay)
-            phase("compute")
+                segs.append((delay, ar, "all_reduce", "experts" if is_moe else "mlp"))
+                delay = 0.0
+        segs.append((delay, None, None, "compute"))
+
+        def run_from(i0: int, wait0: float | None = None, flow0=None):
+            """Run segments i0.. event by event; the first may be partly done already:
+            `wait0` seconds of its compute left, or its transfer running as `flow0`."""
+            for i in range(i0, len(segs)):
+                d, x, kind, busy = segs[i]
+                if i == i0 and flow0 is not None:
+                    yield flow0
+                    phase(kind)
+                    continue
+                if x is not None and router is not None:
+                    self._fresh(x)
+                w = wait0 if (i == i0 and wait0 is not None) else \
+                    d + (x.t.latency if x is not None else 0.0)
+                if x is None:
+                    if w > 0:
+                        yield env.timeout(w)
+                        phase(busy)
+                    continue
+                yield env.timeout(w)
+                phase(busy)
+                yield self._transfer(kind, x, r)
+                phase(kind)
+
+        train = None
+        if self.use_trains and not detail and router is None:
+            train = self.net.start_train(
+                [d + (x.t.latency if x is not None else 0.0) for d, x, _, _ in segs],
+                [x.prep if x is not None else None for _, x, _, _ in segs],
+                [k for _, _, k, _ in segs], owner=r)
+        if train is None:
+            yield from run_from(0)
+        else:
+            res = yield train
+            k = len(segs) if res is None else res[0]
+            for _, x, kind, _ in segs[:k]:
+                if x is not None:
+                    self._count_transfer(kind, x)
+            if res is not None:
+                _, wait_left, flow = res
+                if flow is not None:
+                    self._count_transfer(segs[k][2], segs[k][1])
+                yield from run_from(k, None if flow is not None else wait_left, flow)
         end = env.now
         self._account(r, s, j, gpus, start, end, comp, mem)
 

@@ -229,6 +229,7 @@ def summarise(res: EngineResult, req: pd.DataFrame, gpus: pd.DataFrame,
         "bytes_by_collective": {k: v[1] for k, v in res.transfers.items()},
         "faults": faults_summary(res, req),
         "network_solves": res.network.solves,
+        "layer_trains": {"run": res.network.trains_run, "split": res.network.trains_split},
         "sim_events": res.sim_events,
         "wall_time_s": res.wall_time_s,
     }

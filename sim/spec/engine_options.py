@@ -74,5 +74,10 @@ class EngineOptions(Spec):
     attention_flops: bool = Field(
         True, description="count attention's per-context-token FLOPs (the closed form omits "
                           "them; they matter only when compute bound)")
+    layer_trains: bool = Field(
+        True, description="run a stage-step whose links no other flow uses as one event "
+                          "(exact: its collectives run at their solo rates); it falls back to "
+                          "layer-by-layer events the moment another flow claims one of its "
+                          "links. Off: always layer by layer (same results, slower)")
     trace_detail_steps: NonNegativeInt = Field(
         20, description="steps after warm-up whose layers and collectives appear in trace.json")
