@@ -206,22 +206,39 @@ def physical_popularity(popularity: np.ndarray, redundant: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Routing:
-    """One step's routing of a stage group: tokens per (source GPU, expert)."""
+    """One step's routing of a stage group: token copies per (source GPU, EP rank) and per
+    expert. Built from a full [G, E] matrix (`counts`, tests and microbenchmarks) or drawn
+    rank by rank (`draw_routing`)."""
 
-    counts: np.ndarray    # [G, E] token copies from GPU i to expert e
-    tokens: np.ndarray    # [G] tokens on each GPU
+    counts: np.ndarray | None          # [G, E] copies from GPU i to expert e, if known
+    tokens: np.ndarray                 # [G] tokens on each GPU
+    rank: np.ndarray | None = None     # [G, ep] copies from GPU i to EP rank r
+    experts: np.ndarray | None = None  # [E] copies per expert
 
     def expert_tokens(self) -> np.ndarray:
-        return self.counts.sum(axis=0)
+        return self.experts if self.experts is not None else self.counts.sum(axis=0)
+
+    def rank_copies(self, ep: int) -> np.ndarray:
+        if self.rank is not None:
+            return self.rank
+        return self.counts.reshape(len(self.counts), ep, -1).sum(axis=2)
 
 
 def draw_routing(costs: LayerCosts, tokens: np.ndarray, popularity: np.ndarray,
                  rng: np.random.Generator) -> Routing:
     """Each token on GPU i makes top_k choices from `popularity` (multinomial; the
-    distinctness of a token's k experts is not enforced)."""
+    distinctness of a token's k experts is not enforced). Drawn in two exact stages: each
+    GPU's copies over EP ranks, then each rank's total over its experts (a sum of
+    multinomials with equal probabilities is multinomial), which costs G x EP + E draws
+    instead of G x E."""
     tokens = np.asarray(tokens, dtype=np.int64)
-    counts = rng.multinomial(tokens * costs.top_k, popularity)
-    return Routing(counts, tokens)
+    ep, per = costs.ep, costs.experts_per_rank
+    p = np.asarray(popularity, dtype=float).reshape(ep, per)
+    mass = p.sum(axis=1)
+    rank = rng.multinomial(tokens * costs.top_k, mass / mass.sum())
+    cond = np.divide(p, mass[:, None], out=np.full_like(p, 1.0 / per), where=mass[:, None] > 0)
+    experts = rng.multinomial(rank.sum(axis=0), cond).ravel()
+    return Routing(None, tokens, rank, experts)
 
 
 def _distinct(tokens: np.ndarray, copies: np.ndarray, mass: np.ndarray, hit: np.ndarray,
@@ -245,7 +262,7 @@ def dispatch_matrix(costs: LayerCosts, routing: Routing, per_token_bytes: float,
     domains once per destination domain, to the GPU at the sender's position there, which
     forwards over scale-up. `hits` (from `routing_hits`) is needed unless per_expert."""
     G, ep, tp = costs.G, costs.ep, costs.tp
-    copies = routing.counts.reshape(G, ep, costs.experts_per_rank).sum(axis=2).astype(float)
+    copies = routing.rank_copies(ep).astype(float)
     if mode == "per_expert":
         to_rank = copies
     else:

@@ -294,7 +294,7 @@ class Network:
         live = [p for p in preps if p is not None]
         if not live or any(p.epoch != self._epoch for p in live):
             return None
-        links = np.unique(np.concatenate([p.links for p in live]))
+        links = np.concatenate([p.links for p in live])   # repeats are harmless here
         if (self._reserved[links] >= 0).any() or self._pool_count[links].any():
             return None
         durs = []
