@@ -60,6 +60,20 @@ class Cluster:
     def n_leaves(self) -> int:
         return len(self.leaf_up)
 
+    @property
+    def nonbinding(self) -> np.ndarray:
+        """Links that can never be a bottleneck: a leaf uplink (downlink) whose capacity
+        covers all the NIC links feeding it (a non-blocking leaf). Per link, bool."""
+        out = np.zeros(self.n_links, dtype=bool)
+        if self.n_leaves > 1 and self.leaf_up[0] >= 0:
+            feed_up = np.bincount(self.gpu_leaf, weights=self.capacity[self.nic_up],
+                                  minlength=self.n_leaves)
+            feed_down = np.bincount(self.gpu_leaf, weights=self.capacity[self.nic_down],
+                                    minlength=self.n_leaves)
+            out[self.leaf_up] = self.capacity[self.leaf_up] >= feed_up * (1 - 1e-12)
+            out[self.leaf_down] = self.capacity[self.leaf_down] >= feed_down * (1 - 1e-12)
+        return out
+
     def path(self, src: int, dst: int) -> list[int]:
         """Link ids from GPU src to GPU dst (empty for src == dst)."""
         if src == dst:

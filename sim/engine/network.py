@@ -121,7 +121,8 @@ class Network:
     """Owns every active flow, their rates, and the link statistics."""
 
     def __init__(self, env: simpy.Environment, capacity: np.ndarray, tier: np.ndarray,
-                 record_series: bool = True, stats_from: float = 0.0):
+                 record_series: bool = True, stats_from: float = 0.0,
+                 nonbinding: np.ndarray | None = None):
         self.env = env
         self.stats_from = stats_from  # statistics start here (the end of warm-up)
         self.capacity = np.asarray(capacity, dtype=float)
@@ -149,6 +150,11 @@ class Network:
         # trains (see start_train): links they hold, pool flows per link, and the logs that
         # let statistics of out-of-order train segments merge with the pool's at the end
         self._reserved = np.full(n, -1, dtype=np.int64)
+        # links that can never bind (a non-blocking leaf: its feeders saturate first) do not
+        # make trains and flows conflict; their statistics still add up (peaks of trains
+        # on them are their own, not the sum)
+        self._binding = np.ones(n, dtype=np.int64) if nonbinding is None else \
+            (~np.asarray(nonbinding, dtype=bool)).astype(np.int64)
         self._pool_count = np.zeros(n, dtype=np.int64)
         self.trains: dict[int, Train] = {}
         self._next_train = 0
@@ -198,7 +204,7 @@ class Network:
 
     def _add(self, f: Flow) -> None:
         self.flows.append(f)
-        self._pool_count[f.prep.links] += 1
+        self._pool_count[f.prep.links] += self._binding[f.prep.links]
 
     def transfer(self, links: np.ndarray, load: np.ndarray, label: str = "") -> simpy.Event:
         """prepare() and start() in one call."""
@@ -256,7 +262,7 @@ class Network:
     def _recount(self) -> None:
         self._pool_count[:] = 0
         for f in self.flows:
-            self._pool_count[f.prep.links] += 1
+            self._pool_count[f.prep.links] += self._binding[f.prep.links]
 
     def bytes_in_flight(self) -> float:
         """Link bytes of the flows not yet finished, part moved or not (conservation:
@@ -307,7 +313,7 @@ class Network:
                   self.env.event())
         self._next_train += 1
         self.trains[t.id] = t
-        self._reserved[links] = t.id
+        self._reserved[links[self._binding[links] > 0]] = t.id
         ev = self.env.timeout(float(ends[-1] - now))
         ev.callbacks.append(lambda _e, t=t: self._train_done(t))
         return t.done
@@ -495,7 +501,7 @@ class Network:
         tick = _tick(now)
         for f in self.flows:
             if f.remaining <= 1e-9 or f.remaining <= f.rate * tick:
-                self._pool_count[f.prep.links] -= 1
+                self._pool_count[f.prep.links] -= self._binding[f.prep.links]
                 f.counted += max(f.remaining, 0.0) if now > self.stats_from else 0.0
                 self._count_bytes(f)
                 self.bytes_delivered += f.prep.total * f.initial

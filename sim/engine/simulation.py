@@ -124,6 +124,7 @@ class Simulation:
         self.placement = place(self.cluster, s.layout, s.file)
         lay, m = s.layout, s.model
         self.net = Network(self.env, self.cluster.capacity, self.cluster.tier,
+                           nonbinding=self.cluster.nonbinding,
                            stats_from=s.workload.warmup_s)
         self.costs = layer_costs(m, s.hardware, lay, s.spec.moe,
                                  s.spec.engine.activation_precision,
