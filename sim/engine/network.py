@@ -37,6 +37,7 @@ import numpy as np
 import simpy
 
 EPS = 1e-12
+SAT_LOG_CHUNKS = 4096  # saturation-interval arrays kept before compaction
 SATURATED = 1 - 1e-9   # utilisation counted as "at capacity"
 
 
@@ -47,6 +48,16 @@ def _union_length(starts: np.ndarray, ends: np.ndarray) -> float:
     cover = np.maximum.accumulate(e)
     before = np.concatenate([[-np.inf], cover[:-1]])
     return float(np.maximum(cover - np.maximum(s, before), 0.0).sum())
+
+
+def _merge_intervals(starts: np.ndarray, ends: np.ndarray):
+    """Disjoint sorted intervals covering the same points as [starts, ends)."""
+    o = np.argsort(starts, kind="stable")
+    s, e = starts[o], ends[o]
+    cover = np.maximum.accumulate(e)
+    new = np.r_[True, s[1:] > cover[:-1]]
+    last = np.r_[np.flatnonzero(new)[1:] - 1, len(s) - 1]
+    return s[new], cover[last]
 
 
 def _tick(now: float) -> float:
@@ -122,7 +133,7 @@ class Network:
 
     def __init__(self, env: simpy.Environment, capacity: np.ndarray, tier: np.ndarray,
                  record_series: bool = True, stats_from: float = 0.0,
-                 nonbinding: np.ndarray | None = None):
+                 nonbinding: np.ndarray | None = None, series_bin: float = 1e-3):
         self.env = env
         self.stats_from = stats_from  # statistics start here (the end of warm-up)
         self.capacity = np.asarray(capacity, dtype=float)
@@ -159,10 +170,17 @@ class Network:
         self.trains: dict[int, Train] = {}
         self._next_train = 0
         self.trains_split = 0
-        self._delta_t: list[np.ndarray] = []        # utilisation steps of trains: times,
-        self._delta_u: list[np.ndarray] = []        # ... and per-tier changes [k, n_tiers]
-        self._sat_iv: list[np.ndarray] = []         # train tier-saturation intervals [k, 3]
-        self._pool_sat_iv: list[list[float]] = []   # pool's: [tier, start, end], merged
+        # per-tier utilisation series as integrals over bins of `series_bin` seconds
+        # (bounded memory whatever the number of flows), filled by trains and the pool
+        self._bin = float(series_bin)
+        self._bins = np.zeros((1024, self.n_tiers))
+        self._level = np.zeros(self.n_tiers)          # the pool's current per-tier level
+        self._level_t = 0.0
+        # tier saturation: intervals, compacted into a final total once nothing can
+        # overlap them any more
+        self._sat_iv: list[np.ndarray] = []         # [k, 3]: tier, start, end
+        self._pool_sat_iv: list[list[float]] = []   # the pool's, contiguous ones merged
+        self._sat_final = np.zeros(self.n_tiers)
 
     # ------------------------------------------------------------------ public
 
@@ -401,12 +419,54 @@ class Network:
                     self._sat_iv.append(np.column_stack(
                         [np.full(int(w.sum()), float(tier)), aw[w], b[w]]))
             if self._record_series:
-                bps = p.alone_bps
-                row = np.array(p.tier_weight) * bps / np.maximum(self.tier_links, 1)
-                self._delta_t.append(np.concatenate([a, b]))
-                self._delta_u.append(np.concatenate(
-                    [np.tile(row, (len(a), 1)), np.tile(-row, (len(b), 1))]))
+                row = np.array(p.tier_weight) * p.alone_bps / np.maximum(self.tier_links, 1)
+                self._bin_add(a, b, row)
+        if len(self._sat_iv) > SAT_LOG_CHUNKS:
+            self._compact_sat()
         return seg, left
+
+    def _bin_add(self, a: np.ndarray, b: np.ndarray, row: np.ndarray) -> None:
+        """Add a per-tier level `row` over each interval [a, b) to the binned integrals."""
+        W = self._bin
+        ia, ib = (a / W).astype(np.int64), (b / W).astype(np.int64)
+        need = int(ib.max()) + 2 if len(ib) else 0
+        if need > len(self._bins):
+            grow = np.zeros((max(need, 2 * len(self._bins)), self.n_tiers))
+            grow[:len(self._bins)] = self._bins
+            self._bins = grow
+        S = self._bins
+        one = ia == ib
+        if one.any():
+            np.add.at(S, ia[one], np.outer(b[one] - a[one], row))
+        two = ~one
+        if two.any():
+            np.add.at(S, ia[two], np.outer((ia[two] + 1) * W - a[two], row))
+            np.add.at(S, ib[two], np.outer(b[two] - ib[two] * W, row))
+            for i, j in zip(ia[two], ib[two]):
+                if j - i > 1:
+                    S[i + 1:j] += row * W
+
+    def _compact_sat(self) -> None:
+        """Fold saturation intervals that end before anything still to be logged can
+        start (the earliest running train's start, or now) into the final totals."""
+        safe = min([self.env.now] + [t.t0 for t in self.trains.values()])
+        parts = self._sat_iv + ([np.array(self._pool_sat_iv)] if self._pool_sat_iv else [])
+        if not parts:
+            return
+        iv = np.concatenate(parts)
+        keep = []
+        for tier in range(self.n_tiers):
+            sel = iv[iv[:, 0] == tier]
+            if not len(sel):
+                continue
+            bs, be = _merge_intervals(sel[:, 1], sel[:, 2])
+            done = be <= safe
+            self._sat_final[tier] += float((be[done] - bs[done]).sum())
+            rest = ~done
+            keep.append(np.column_stack([np.full(int(rest.sum()), float(tier)), bs[rest],
+                                         be[rest]]))
+        self._sat_iv = keep
+        self._pool_sat_iv = []
 
     def _log_pool_sat(self, a: float, b: float) -> None:
         log = self._pool_sat_iv
@@ -421,31 +481,32 @@ class Network:
 
     def _merge_logs(self) -> None:
         """Tier saturation as the union of pool and train intervals; the utilisation series
-        as the pool's plus the trains' steps (applied in time order)."""
+        as bin means (the last bin over the part of it the run covered)."""
         st = self.stats
-        parts = self._sat_iv + ([np.array(self._pool_sat_iv)] if self._pool_sat_iv else [])
-        st.tier_saturated[:] = 0.0
-        if parts:
-            iv = np.concatenate(parts)
+        now = self.env.now
+        self._compact_sat()
+        st.tier_saturated[:] = self._sat_final
+        for part in self._sat_iv:
             for tier in range(self.n_tiers):
-                sel = iv[iv[:, 0] == tier]
+                sel = part[part[:, 0] == tier]
                 if len(sel):
-                    st.tier_saturated[tier] = _union_length(sel[:, 1], sel[:, 2])
-        if self._delta_t and self._record_series:
-            nt = self.n_tiers
-            pt = np.frombuffer(st.series_t, dtype=float)
-            pu = np.frombuffer(st.series_util, dtype=float).reshape(-1, nt)
-            pd = np.diff(pu, axis=0, prepend=np.zeros((1, nt)))
-            t_all = np.concatenate([pt, *self._delta_t])
-            d_all = np.concatenate([pd, *self._delta_u])
-            o = np.argsort(t_all, kind="stable")
-            t_all, level = t_all[o], np.cumsum(d_all[o], axis=0)
-            last = np.r_[t_all[1:] != t_all[:-1], True]   # one value per instant
-            level = np.maximum(level[last], 0.0)
-            st.series_t = array("d", t_all[last].tolist())
-            st.series_util = array("d", level.ravel().tolist())
-            self._delta_t, self._delta_u = [], []
-        self._sat_iv, self._pool_sat_iv = [], []
+                    st.tier_saturated[tier] += _union_length(sel[:, 1], sel[:, 2])
+        self._sat_iv, self._sat_final = [], np.zeros(self.n_tiers)
+        if self._record_series:
+            self._flush_level()
+            W = self._bin
+            n = int(now / W) + 1 if now > 0 else 0
+            if n and now <= (n - 1) * W:      # the run ended on a bin boundary
+                n -= 1
+            width = np.full(n, W)
+            if n:
+                width[-1] = now - (n - 1) * W
+            bins = self._bins[:n]
+            if len(bins) < n:   # no flow reached the last bins
+                bins = np.vstack([bins, np.zeros((n - len(bins), self.n_tiers))])
+            util = bins / width[:, None]
+            st.series_t = array("d", (np.arange(n) * W).tolist())
+            st.series_util = array("d", util.ravel().tolist())
 
     # ------------------------------------------------------------------ mechanics
 
@@ -578,16 +639,22 @@ class Network:
         self._sat_tiers = np.unique(self.tier[self._sat])
 
     def _record(self) -> None:
+        """The pool's per-tier utilisation changes now: bin the level it had until now."""
         if not self._record_series:
             return
+        self._flush_level()
         util = [0.0] * self.n_tiers
         for f in self.flows:
             bps = f.rate * f.prep.size
             for t, w in enumerate(f.prep.tier_weight):
                 util[t] += w * bps
-        st = self.stats
-        st.series_t.append(self.env.now)
-        st.series_util.extend([u / max(int(n), 1) for u, n in zip(util, self.tier_links)])
+        self._level = np.array([u / max(int(n), 1) for u, n in zip(util, self.tier_links)])
+
+    def _flush_level(self) -> None:
+        now = self.env.now
+        if now > self._level_t and self._level.any():
+            self._bin_add(np.array([self._level_t]), np.array([now]), self._level)
+        self._level_t = now
 
     def _on_timer(self, version: int) -> None:
         if version == self._timer_version:  # else a newer solve superseded this timer

@@ -41,6 +41,10 @@ from .serving import DONE, DROPPED, FAILED, RUNNING, RequestTable, Slot
 
 
 ARRIVAL_CHUNK = 4096  # open arrivals are generated this many at a time
+# the link-utilisation series: this many bins over the run (`requests:` runs, whose length is
+# not known ahead, use bins of SERIES_DEFAULT_SPAN / SERIES_BINS)
+SERIES_BINS = 20000
+SERIES_DEFAULT_SPAN = 20.0
 
 
 class CountingEnvironment(simpy.Environment):
@@ -125,6 +129,8 @@ class Simulation:
         lay, m = s.layout, s.model
         self.net = Network(self.env, self.cluster.capacity, self.cluster.tier,
                            nonbinding=self.cluster.nonbinding,
+                           series_bin=(s.workload.duration_s or SERIES_DEFAULT_SPAN)
+                           / SERIES_BINS,
                            stats_from=s.workload.warmup_s)
         self.costs = layer_costs(m, s.hardware, lay, s.spec.moe,
                                  s.spec.engine.activation_precision,
