@@ -230,12 +230,22 @@ def draw_routing(costs: LayerCosts, tokens: np.ndarray, popularity: np.ndarray,
     distinctness of a token's k experts is not enforced). Drawn in two exact stages: each
     GPU's copies over EP ranks, then each rank's total over its experts (a sum of
     multinomials with equal probabilities is multinomial), which costs G x EP + E draws
-    instead of G x E."""
+    instead of G x E. With fewer copies than G x EP, each GPU's are drawn one by one and
+    counted instead (the same distribution, cheaper)."""
     tokens = np.asarray(tokens, dtype=np.int64)
     ep, per = costs.ep, costs.experts_per_rank
     p = np.asarray(popularity, dtype=float).reshape(ep, per)
     mass = p.sum(axis=1)
-    rank = rng.multinomial(tokens * costs.top_k, mass / mass.sum())
+    n = tokens * costs.top_k
+    G = len(n)
+    total = int(n.sum())
+    if total < G * ep:
+        cdf = np.cumsum(mass / mass.sum())
+        pick = np.minimum(np.searchsorted(cdf, rng.random(total), side="right"), ep - 1)
+        rank = np.bincount(np.repeat(np.arange(G), n) * ep + pick,
+                           minlength=G * ep).reshape(G, ep)
+    else:
+        rank = rng.multinomial(n, mass / mass.sum())
     cond = np.divide(p, mass[:, None], out=np.full_like(p, 1.0 / per), where=mass[:, None] > 0)
     experts = rng.multinomial(rank.sum(axis=0), cond).ravel()
     return Routing(None, tokens, rank, experts)
