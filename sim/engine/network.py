@@ -484,14 +484,13 @@ class Network:
         as bin means (the last bin over the part of it the run covered)."""
         st = self.stats
         now = self.env.now
-        self._compact_sat()
+        self._compact_sat()   # leaves the intervals that may still overlap new ones
         st.tier_saturated[:] = self._sat_final
         for part in self._sat_iv:
             for tier in range(self.n_tiers):
                 sel = part[part[:, 0] == tier]
                 if len(sel):
                     st.tier_saturated[tier] += _union_length(sel[:, 1], sel[:, 2])
-        self._sat_iv, self._sat_final = [], np.zeros(self.n_tiers)
         if self._record_series:
             self._flush_level()
             W = self._bin
