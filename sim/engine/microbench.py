@@ -53,6 +53,24 @@ def pick_gpus(hw: Hardware, gpus: int, domains: int) -> tuple[np.ndarray, int]:
     return ids, racks
 
 
+def run_alone(cluster, t: coll.Transfer) -> tuple[float, str]:
+    """Simulate one transfer alone on a fresh network: its time (latency included) and the
+    tier of its most loaded link ("latency" if it moves nothing)."""
+    env = simpy.Environment()
+    net = Network(env, cluster.capacity, cluster.tier, record_series=False)
+
+    def proc():
+        yield env.timeout(t.latency)
+        yield net.transfer(t.links, t.load)
+
+    env.process(proc())
+    env.run()
+    if not len(t.links):
+        return env.now, "latency"
+    ratio = t.load / cluster.capacity[t.links]
+    return env.now, TIER_NAMES[int(cluster.tier[t.links[int(np.argmax(ratio))]])]
+
+
 def run_collective(hw: Hardware, kind: str, gpus: int, size: float, domains: int = 1,
                    algorithm: str = "ring") -> CollectiveResult:
     ids, racks = pick_gpus(hw, gpus, domains)
@@ -66,21 +84,8 @@ def run_collective(hw: Hardware, kind: str, gpus: int, size: float, domains: int
         t = coll.send_recv(cluster, ids, np.roll(ids, -1), size)
     else:
         raise SpecError(f"unknown collective {kind!r}", key="KIND", fix=f"use one of {KINDS}")
-    env = simpy.Environment()
-    net = Network(env, cluster.capacity, cluster.tier, record_series=False)
-
-    def proc():
-        yield env.timeout(t.latency)
-        yield net.transfer(t.links, t.load)
-
-    env.process(proc())
-    env.run()
-    total = env.now
-    fluid = total - t.latency
-    ratio = t.load / cluster.capacity[t.links]
-    tier = TIER_NAMES[int(cluster.tier[t.links[int(np.argmax(ratio))]])] if len(t.links) \
-        else "latency"
-    bottleneck = "latency" if t.latency >= fluid else tier
+    total, tier = run_alone(cluster, t)
+    bottleneck = "latency" if t.latency >= total - t.latency else tier
     algbw = size / total if total > 0 else math.inf
     return CollectiveResult(kind, n, domains, float(size), total, algbw,
                             algbw * coll.BUS_FACTOR[kind](n), bottleneck, t.latency,
@@ -141,19 +146,7 @@ def run_moe_exchange(hw: Hardware, phase: str, ep: int, domains: int, tokens: in
     per_token = token_bytes(hidden, precision, scale_block)
     m = dispatch_matrix(costs, routing, per_token, mode, hits)
     t = coll.exchange(cluster, ids, m if phase == "dispatch" else m.T)
-    env = simpy.Environment()
-    net = Network(env, cluster.capacity, cluster.tier, record_series=False)
-
-    def proc():
-        yield env.timeout(t.latency)
-        yield net.transfer(t.links, t.load)
-
-    env.process(proc())
-    env.run()
-    total = env.now
-    ratio = t.load / cluster.capacity[t.links]
-    bottleneck = TIER_NAMES[int(cluster.tier[t.links[int(np.argmax(ratio))]])] \
-        if len(t.links) else "latency"
+    total, bottleneck = run_alone(cluster, t)
     n_dom = len(hits.domain)
     return ExchangeResult(
         phase, mode, ep, n_dom, tokens, total, t.latency, t.bytes_sent / ep,
