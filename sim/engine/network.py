@@ -107,7 +107,8 @@ class Train:
     links: np.ndarray
     t0: float
     seg_end: np.ndarray
-    preps: list
+    preps: list              # the distinct transfers
+    pidx: np.ndarray         # per segment: index into preps, -1 for none
     labels: list
     owner: int
     done: simpy.Event
@@ -306,28 +307,31 @@ class Network:
     def trains_run(self) -> int:
         return self._next_train
 
-    def start_train(self, waits: list[float], preps: list, labels: list,
+    def start_train(self, waits: np.ndarray, pidx: np.ndarray, preps: list, labels: list,
                     owner: int = -1) -> simpy.Event | None:
         """Run a sequence of segments as one event: segment k is a wait of waits[k] seconds
-        followed, when preps[k] is not None, by that transfer at its solo rate. Only when
-        no flow or train holds any of its links (else None: run it flow by flow). The event
-        fires with None when all is done, or, if another flow claims one of its links
-        first, with (k, remaining wait of k, pool flow event or None): segments before k
-        are done, the caller goes on from there (the transfer of k, if started, continues as
-        an ordinary flow whose event is given)."""
-        live = [p for p in preps if p is not None]
-        if not live or any(p.epoch != self._epoch for p in live):
+        followed, when pidx[k] >= 0, by transfer preps[pidx[k]] at its solo rate (a step
+        reuses a few transfers many times). Only when no flow or train holds any of its
+        links (else None: run it flow by flow). The event fires with None when all is
+        done, or, if another flow claims one of its links first, with (k, remaining wait of
+        k, pool flow event or None): segments before k are done and the caller goes on
+        from there (the transfer of k, if started, continues as an ordinary flow whose
+        event is given). `labels[k]` names segment k's transfer."""
+        used = [i for i, p in enumerate(preps) if p is not None]
+        if not used or any(preps[i].epoch != self._epoch for i in used):
             return None
-        links = np.concatenate([p.links for p in live])   # repeats are harmless here
+        links = np.concatenate([preps[i].links for i in used])   # repeats are harmless
         if (self._reserved[links] >= 0).any() or self._pool_count[links].any():
             return None
-        durs = []
-        for w, p in zip(waits, preps):
-            durs.append(w)
-            durs.append(p.size / p.alone_bps if p is not None else 0.0)
+        xdur = np.array([p.size / p.alone_bps if p is not None else 0.0 for p in preps] + [0.0])
+        moves = np.array([p is not None for p in preps] + [False])   # index -1: nothing
+        pidx = np.where(moves[pidx], pidx, -1)
+        durs = np.empty(2 * len(waits))
+        durs[0::2] = waits
+        durs[1::2] = xdur[pidx]
         now = self.env.now
         ends = now + np.cumsum(durs)          # [wait0, xfer0, wait1, xfer1, ...]
-        t = Train(self._next_train, links, now, ends, list(preps), list(labels), owner,
+        t = Train(self._next_train, links, now, ends, list(preps), pidx, list(labels), owner,
                   self.env.event())
         self._next_train += 1
         self.trains[t.id] = t
@@ -363,7 +367,7 @@ class Network:
             if seg % 2 == 0:    # waiting before transfer k
                 t.done.succeed((k, float(t.seg_end[seg] - now), None))
             else:               # inside transfer k: the rest moves as a pool flow
-                p = t.preps[k]
+                p = t.preps[int(t.pidx[k])]
                 done = self.env.event()
                 self.bytes_injected += left * p.total
                 self._add(Flow(p, t.labels[k], done, left, 0.0, 0.0, t.owner, None, left))
@@ -386,15 +390,14 @@ class Network:
         left = 0.0
         sf = self.stats_from
         st = self.stats
-        groups: dict[int, list[int]] = {}
-        for k, p in enumerate(t.preps):
-            i = 2 * k + 1
-            if p is None or i > seg or (i == seg and now <= starts[i]):
+        xi = np.arange(len(t.pidx)) * 2 + 1          # each transfer's segment
+        started = (xi < seg) | ((xi == seg) & (now > starts[np.minimum(xi, n - 1)]))
+        for u, p in enumerate(t.preps):
+            if p is None:
                 continue
-            groups.setdefault(id(p), []).append(i)
-        for idx in groups.values():
-            p = t.preps[idx[0] // 2]
-            idx = np.array(idx)
+            idx = np.flatnonzero(started & (t.pidx == u)) * 2 + 1
+            if not len(idx):
+                continue
             a, e = starts[idx], ends[idx]
             b = np.minimum(e, now)
             dur = np.maximum(e - a, 1e-300)
@@ -429,22 +432,24 @@ class Network:
         """Add a per-tier level `row` over each interval [a, b) to the binned integrals."""
         W = self._bin
         ia, ib = (a / W).astype(np.int64), (b / W).astype(np.int64)
-        need = int(ib.max()) + 2 if len(ib) else 0
-        if need > len(self._bins):
-            grow = np.zeros((max(need, 2 * len(self._bins)), self.n_tiers))
+        if not len(ia):
+            return
+        lo, hi = int(ia.min()), int(ib.max())
+        if hi + 2 > len(self._bins):
+            grow = np.zeros((max(hi + 2, 2 * len(self._bins)), self.n_tiers))
             grow[:len(self._bins)] = self._bins
             self._bins = grow
-        S = self._bins
-        one = ia == ib
-        if one.any():
-            np.add.at(S, ia[one], np.outer(b[one] - a[one], row))
-        two = ~one
+        span = hi - lo + 1
+        # seconds of the intervals falling in each bin lo..hi
+        first = np.where(ia == ib, b, (ia + 1) * W) - a
+        secs = np.bincount(ia - lo, weights=first, minlength=span)
+        two = ia != ib
         if two.any():
-            np.add.at(S, ia[two], np.outer((ia[two] + 1) * W - a[two], row))
-            np.add.at(S, ib[two], np.outer(b[two] - ib[two] * W, row))
+            secs += np.bincount(ib[two] - lo, weights=b[two] - ib[two] * W, minlength=span)
             for i, j in zip(ia[two], ib[two]):
                 if j - i > 1:
-                    S[i + 1:j] += row * W
+                    secs[i + 1 - lo:j - lo] += W
+        self._bins[lo:hi + 1] += np.outer(secs, row)
 
     def _compact_sat(self) -> None:
         """Fold saturation intervals that end before anything still to be logged can

@@ -489,10 +489,11 @@ class Simulation:
         self._count_transfer(kind, x)
         return self.net.start(x.prep, kind, r, x)
 
-    def _count_transfer(self, kind: str, x: _Xfer) -> None:
-        rec = self.transfers.setdefault(kind, [0, 0.0])
-        rec[0] += 1
-        rec[1] += x.t.bytes_sent
+    def _count_transfer(self, kind: str, x: _Xfer, times: int = 1) -> None:
+        if times:
+            rec = self.transfers.setdefault(kind, [0, 0.0])
+            rec[0] += times
+            rec[1] += times * x.t.bytes_sent
 
     def _run_stage(self, r: int, s: int, j: int, plan, detail: bool):
         env, c, router = self.env, self.costs, self.router
@@ -590,18 +591,23 @@ class Simulation:
 
         train = None
         if self.use_trains and not detail and router is None:
-            train = self.net.start_train(
-                [d + (x.t.latency if x is not None else 0.0) for d, x, _, _ in segs],
-                [x.prep if x is not None else None for _, x, _, _ in segs],
-                [k for _, _, k, _ in segs], owner=r)
+            xfers = [x for x in (ar if tp > 1 else None, disp if n_moe and ep > 1 else None,
+                                 comb if n_moe and ep > 1 else None) if x is not None]
+            slot = {id(x): i for i, x in enumerate(xfers)}
+            waits = np.array([d + (x.t.latency if x is not None else 0.0)
+                              for d, x, _, _ in segs])
+            pidx = np.array([slot[id(x)] if x is not None else -1 for _, x, _, _ in segs])
+            train = self.net.start_train(waits, pidx, [x.prep for x in xfers],
+                                         [k for _, _, k, _ in segs], owner=r)
         if train is None:
             yield from run_from(0)
         else:
             res = yield train
             k = len(segs) if res is None else res[0]
-            for _, x, kind, _ in segs[:k]:
-                if x is not None:
-                    self._count_transfer(kind, x)
+            done_kinds = pidx[:k]
+            for i, x in enumerate(xfers):
+                self._count_transfer(segs[int(np.argmax(pidx == i))][2], x,
+                                     int(np.count_nonzero(done_kinds == i)))
             if res is not None:
                 _, wait_left, flow = res
                 if flow is not None:
