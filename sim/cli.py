@@ -225,6 +225,7 @@ def collective(
     """Simulate one collective alone and report time, algorithm and bus bandwidth (or, for a
     MoE dispatch/combine, bandwidths counted as DeepEP's tests count them)."""
     from .engine.microbench import KINDS, run_collective, run_moe_exchange  # noqa: PLC0415
+    from .spec.engine_options import DEFAULT_SCALE_BLOCK  # noqa: PLC0415
     from .spec.errors import SpecError  # noqa: PLC0415
     from .spec.precision import BYTES_PER_ELEMENT  # noqa: PLC0415
     from .spec.units import UnitError, parse_quantity  # noqa: PLC0415
@@ -250,7 +251,7 @@ def collective(
                             "topk-groups must not exceed groups", key="--top-k/--groups",
                             fix="e.g. --experts 256 --top-k 8 --groups 8 --topk-groups 4")
         r = run_moe_exchange(hw, kind, gpus, racks, tokens, hidden, top_k, experts, mode,
-                             precision, 128, groups, topk_groups)
+                             precision, DEFAULT_SCALE_BLOCK, groups, topk_groups)
         rows = (("time", fq(r.time_s, "s")), ("of which fixed (latency + overhead)",
                                                fq(r.latency_s, "s")),
                 ("bytes on the wire per GPU", fq(r.bytes_on_wire, "B")),

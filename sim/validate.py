@@ -14,13 +14,14 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .engine.costs import op_time
 from .engine.microbench import run_moe_exchange
+from .spec.engine_options import DEFAULT_SCALE_BLOCK
 from .spec.errors import SpecError
 from .spec.hardware import Hardware
 from .spec.presets import load_hardware
@@ -67,7 +68,6 @@ class Outcome:
 @dataclass
 class Report:
     outcomes: list[Outcome]
-    fitted: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, dict]:
         out = {}
@@ -148,13 +148,12 @@ def _hardware(ref: str, directory: Path, overrides: dict[str, float] | None) -> 
 def _exchange(case: dict, hw: Hardware) -> float:
     ep = case["ep"]
     domains = max(1, ep // hw.domain_gpus)
+    groups, topk = case.get("groups", 1), case.get("topk_groups")
+    if groups == "domains":   # one expert group per node (DeepEP's internode test)
+        groups, topk = domains, min(topk or domains, domains)
     r = run_moe_exchange(hw, case["phase"], ep, domains, case["tokens"], case["hidden"],
                          case["top_k"], case["experts"], case["mode"], case["precision"],
-                         case.get("scale_block", 128),
-                         groups=domains if case.get("groups") == "domains" else
-                         case.get("groups", 1),
-                         topk_groups=min(case.get("topk_groups", domains), domains)
-                         if case.get("groups") == "domains" else case.get("topk_groups"))
+                         case.get("scale_block", DEFAULT_SCALE_BLOCK), groups, topk)
     return getattr(r, case["measure"])
 
 

@@ -88,8 +88,11 @@ def all_reduce(cluster: Cluster, gpus: np.ndarray, size: float,
     """All-reduce of `size` bytes per GPU. Ring: 2(n-1) steps of size/n to the next GPU,
     i.e. 2(n-1)/n x size on each ring link and 2(n-1) latencies. Tree (NCCL's double binary
     tree): the same bytes per link at full pipelining, 2 log2(n) latencies."""
-    return group_all_reduce(cluster, gpus, len(gpus), np.full(len(gpus), float(size)),
-                            algorithm)
+    n = len(gpus)
+    if n < 2:
+        return Transfer(np.zeros(0, np.int64), np.zeros(0), 0.0, 0.0)
+    m = group_all_reduce_matrix(n, n, size)
+    return launched(cluster, pair_loads(cluster, gpus, m), all_reduce_hops(n, algorithm))
 
 
 def all_reduce_hops(n: int, algorithm: str) -> int:
@@ -105,15 +108,6 @@ def group_all_reduce_matrix(G: int, n: int, size) -> np.ndarray:
     m = np.zeros((G, G))
     m[idx, nxt] = 2.0 * (n - 1) / n * np.broadcast_to(np.asarray(size, dtype=float), (G,))
     return m
-
-
-def group_all_reduce(cluster: Cluster, gpus: np.ndarray, n: int, size: np.ndarray,
-                     algorithm: str = "ring") -> Transfer:
-    """Concurrent all-reduces in consecutive groups of `n` GPUs as one collective."""
-    if n < 2:
-        return Transfer(np.zeros(0, np.int64), np.zeros(0), 0.0, 0.0)
-    m = group_all_reduce_matrix(len(gpus), n, size)
-    return launched(cluster, pair_loads(cluster, gpus, m), all_reduce_hops(n, algorithm))
 
 
 def send_recv(cluster: Cluster, src: np.ndarray, dst: np.ndarray, size) -> Transfer:

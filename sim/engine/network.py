@@ -526,14 +526,16 @@ class Network:
         old, left = f.prep, max(f.remaining, 0.0)
         new = new if new.epoch == self._epoch else self._refresh(new)
         self.bytes_injected += left * (new.total - old.total)
-        self.bytes_delivered += (1.0 - left) * (old.total - new.total)
+        # the flow joined with `initial` left (a split train's transfer) and will count
+        # initial x total as delivered when it ends
+        self.bytes_delivered += (f.initial - left) * (old.total - new.total)
         f.prep = new
 
     def _withdraw(self, f: Flow) -> None:
         self._count_bytes(f)
         f.counted = 0.0
-        left = min(max(f.remaining, 0.0), 1.0)
-        self.bytes_delivered += (1.0 - left) * f.prep.total
+        left = min(max(f.remaining, 0.0), f.initial)
+        self.bytes_delivered += (f.initial - left) * f.prep.total
         self.bytes_dropped += left * f.prep.total
 
     def _count_bytes(self, f: Flow) -> None:

@@ -109,6 +109,53 @@ class EngineResult:
     lost_gpus: tuple = ()           # GPUs lost to gpu_lost faults
 
 
+# a stage-step's collectives, by Timeline slot
+TRANSFER_KINDS = ("all_reduce", "dispatch", "combine")
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """The order of one stage's work, the same every step. Per layer: attention (+ dense
+    MLP), then for MoE layers dispatch, experts, combine; tensor parallelism all-reduces after
+    attention and after the MLP/experts (Megatron-style: two per layer). Segment i is compute
+    (dense[i] attention/dense phases and expert[i] expert phases) then collective slot[i]
+    (TRANSFER_KINDS; -1: none, the trailing compute); busy[i] names the compute."""
+
+    dense: np.ndarray
+    expert: np.ndarray
+    slot: np.ndarray
+    busy: tuple
+
+
+def stage_timeline(moe: np.ndarray, tp: int, ep: int) -> Timeline:
+    dense, expert, slot, busy = [], [], [], []
+    a = b = 0
+
+    def cut(k: int, name: str):
+        nonlocal a, b
+        dense.append(a)
+        expert.append(b)
+        slot.append(k)
+        busy.append(name)
+        a = b = 0
+
+    for is_moe in moe:
+        a += 1
+        if tp > 1:
+            cut(0, "attention")
+        if is_moe:
+            if ep > 1:
+                cut(1, "attention")
+            b += 1
+            if ep > 1:
+                cut(2, "experts")
+        if tp > 1:
+            cut(0, "experts" if is_moe else "mlp")
+    cut(-1, "compute")
+    return Timeline(np.array(dense, dtype=float), np.array(expert, dtype=float),
+                    np.array(slot, dtype=np.int64), tuple(busy))
+
+
 class _Xfer:
     """A transfer a stage-step reuses for all its layers: what it sends (so it can be routed
     again when links go down), its link loads and its prepared flow."""
@@ -138,6 +185,8 @@ class Simulation:
         flags = moe_layer_flags(m)
         bounds = np.cumsum([0, *stage_layers(m.layers, lay.pipeline_parallel)])
         self.stage_moe = [flags[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        self.timelines = [stage_timeline(f, lay.tensor_parallel, lay.expert_parallel)
+                          for f in self.stage_moe]
         self.popularity = (physical_popularity(
             expert_popularity(s.spec.moe, m.moe.experts, np.random.default_rng([seed, 4])),
             s.spec.moe.redundant_experts) if m.moe else None)
@@ -533,7 +582,6 @@ class Simulation:
         t_exp = float(exp_t.max()) if exp_t is not None else 0.0
         start = env.now
         self.holding[(r, s)] = (start, gpus, comp, mem)
-        delay = 0.0
         mark = start
 
         def phase(name):
@@ -542,76 +590,54 @@ class Simulation:
                 self.phases.append((r, s, name, mark, env.now))
             mark = env.now
 
-        # The step's timeline. Per layer: attention (+ dense MLP), then for MoE layers
-        # dispatch, experts, combine; tensor parallelism all-reduces after attention and
-        # after the MLP/experts (Megatron-style: two per layer). Each entry is (compute
-        # before it, transfer, kind, what the compute was); the last is the trailing compute.
-        segs = []
-        delay = 0.0
-        for is_moe in moe:
-            delay += t_dense
-            if tp > 1:
-                segs.append((delay, ar, "all_reduce", "attention"))
-                delay = 0.0
-            if is_moe:
-                if ep > 1:
-                    segs.append((delay, disp, "dispatch", "attention"))
-                    delay = 0.0
-                delay += t_exp
-                if ep > 1:
-                    segs.append((delay, comb, "combine", "experts"))
-                    delay = 0.0
-            if tp > 1:
-                segs.append((delay, ar, "all_reduce", "experts" if is_moe else "mlp"))
-                delay = 0.0
-        segs.append((delay, None, None, "compute"))
+        tl = self.timelines[s]
+        xfers = (ar if tp > 1 else None, disp if n_moe and ep > 1 else None,
+                 comb if n_moe and ep > 1 else None)                  # by Timeline slot
+        compute = tl.dense * t_dense + tl.expert * t_exp                 # before each segment
 
         def run_from(i0: int, wait0: float | None = None, flow0=None):
             """Run segments i0.. event by event; the first may be partly done already:
             `wait0` seconds of its compute left, or its transfer running as `flow0`."""
-            for i in range(i0, len(segs)):
-                d, x, kind, busy = segs[i]
+            for i in range(i0, len(tl.slot)):
+                x = xfers[tl.slot[i]] if tl.slot[i] >= 0 else None
                 if i == i0 and flow0 is not None:
                     yield flow0
-                    phase(kind)
+                    phase(TRANSFER_KINDS[tl.slot[i]])
                     continue
                 if x is not None and router is not None:
                     self._fresh(x)
                 w = wait0 if (i == i0 and wait0 is not None) else \
-                    d + (x.t.latency if x is not None else 0.0)
+                    compute[i] + (x.t.latency if x is not None else 0.0)
                 if x is None:
                     if w > 0:
                         yield env.timeout(w)
-                        phase(busy)
+                        phase(tl.busy[i])
                     continue
                 yield env.timeout(w)
-                phase(busy)
-                yield self._transfer(kind, x, r)
-                phase(kind)
+                phase(tl.busy[i])
+                yield self._transfer(TRANSFER_KINDS[tl.slot[i]], x, r)
+                phase(TRANSFER_KINDS[tl.slot[i]])
 
         train = None
         if self.use_trains and not detail and router is None:
-            xfers = [x for x in (ar if tp > 1 else None, disp if n_moe and ep > 1 else None,
-                                 comb if n_moe and ep > 1 else None) if x is not None]
-            slot = {id(x): i for i, x in enumerate(xfers)}
-            waits = np.array([d + (x.t.latency if x is not None else 0.0)
-                              for d, x, _, _ in segs])
-            pidx = np.array([slot[id(x)] if x is not None else -1 for _, x, _, _ in segs])
-            train = self.net.start_train(waits, pidx, [x.prep for x in xfers],
-                                         [k for _, _, k, _ in segs], owner=r)
+            latency = np.array([x.t.latency if x is not None else 0.0 for x in xfers] + [0.0])
+            train = self.net.start_train(compute + latency[tl.slot], tl.slot,
+                                         [x.prep if x is not None else None for x in xfers],
+                                         [TRANSFER_KINDS[k] if k >= 0 else None
+                                          for k in tl.slot], owner=r)
         if train is None:
             yield from run_from(0)
         else:
             res = yield train
-            k = len(segs) if res is None else res[0]
-            done_kinds = pidx[:k]
+            k = len(tl.slot) if res is None else res[0]
             for i, x in enumerate(xfers):
-                self._count_transfer(segs[int(np.argmax(pidx == i))][2], x,
-                                     int(np.count_nonzero(done_kinds == i)))
+                if x is not None:
+                    self._count_transfer(TRANSFER_KINDS[i], x,
+                                         int(np.count_nonzero(tl.slot[:k] == i)))
             if res is not None:
                 _, wait_left, flow = res
                 if flow is not None:
-                    self._count_transfer(segs[k][2], segs[k][1])
+                    self._count_transfer(TRANSFER_KINDS[tl.slot[k]], xfers[tl.slot[k]])
                 yield from run_from(k, None if flow is not None else wait_left, flow)
         end = env.now
         self._account(r, s, j, gpus, start, end, comp, mem)
