@@ -148,3 +148,32 @@ def test_collective_cli_figures_hold_to_closed_form():
     assert r.busbw_bytes_per_s == pytest.approx(bw, rel=0.02)
     r = run_collective(load_hardware("hgx-h800"), "all_to_all", 16, 64e6, domains=2)
     assert r.bottleneck == "scale_out"
+
+
+def _as_dict(t):
+    return {int(k): float(v) for k, v in zip(t.links, t.load) if v}
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 3), st.integers(0, 2**31 - 1))
+def test_fast_loads_equal_the_matrix_form(racks, spr, seed):
+    """message_loads (one message per pair) and exchange_pair (a matrix and its transpose
+    in one pass) put exactly the bytes pair_loads puts on every link, across domains and
+    leaves."""
+    c = build_cluster(hw(per_rack=8, domain=4), racks * spr)
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, c.n_gpus + 1))
+    src = rng.permutation(c.n_gpus)[:n]
+    dst = rng.permutation(c.n_gpus)[:n]
+    size = rng.random(n) * 1e6
+    a, b = coll.message_loads(c, src, dst, size), coll.pair_loads(c, src, np.diag(size), dst)
+    da, db = _as_dict(a), _as_dict(b)
+    assert da.keys() == db.keys() and a.latency == b.latency
+    assert all(da[k] == pytest.approx(db[k], rel=1e-12) for k in da)
+    assert a.bytes_sent == pytest.approx(b.bytes_sent, rel=1e-12)
+    m = rng.random((n, n)) * (rng.random((n, n)) < 0.5)
+    fwd, rev = coll.exchange_pair(c, src, m)
+    for got, want in ((fwd, coll.pair_loads(c, src, m)), (rev, coll.pair_loads(c, src, m.T))):
+        dg, dw = _as_dict(got), _as_dict(want)
+        assert dg.keys() == dw.keys() and got.latency == want.latency
+        assert all(dg[k] == pytest.approx(dw[k], rel=1e-12) for k in dg)

@@ -29,32 +29,77 @@ def pair_loads(cluster: Cluster, gpus: np.ndarray, matrix: np.ndarray,
     src = np.asarray(gpus)
     dst = src if dst_gpus is None else np.asarray(dst_gpus)
     m = np.array(matrix, dtype=float)
-    same_gpu = src[:, None] == dst[None, :]
-    m[same_gpu] = 0.0
+    if dst_gpus is None:
+        np.fill_diagonal(m, 0.0)
+    else:
+        m[src[:, None] == dst[None, :]] = 0.0
+    return _transfer(cluster, *_sides(cluster, src, dst, m), float(m.sum()))
+
+
+def exchange_pair(cluster: Cluster, gpus: np.ndarray, matrix: np.ndarray) -> \
+        tuple[Transfer, Transfer]:
+    """Link loads of sending matrix[i, j] bytes from gpus[i] to gpus[j], and of sending its
+    transpose (a dispatch and its combine), from one pass: among the same GPUs the
+    transpose puts each link's load on its mirror (a GPU's uplink carries what its
+    downlink did)."""
+    src = np.asarray(gpus)
+    m = np.array(matrix, dtype=float)
+    np.fill_diagonal(m, 0.0)
+    out_links, out_v, in_links, in_v, latency = _sides(cluster, src, src, m)
+    sent = float(m.sum())
+    return (_transfer(cluster, out_links, out_v, in_links, in_v, latency, sent),
+            _transfer(cluster, out_links, in_v, in_links, out_v, latency, sent))
+
+
+def _sides(cluster: Cluster, src: np.ndarray, dst: np.ndarray, m: np.ndarray):
+    """Per tier, the links bytes leave by and the bytes on each (row sums), the links they
+    arrive by and theirs (column sums), and the latency: of the slowest tier used."""
+    out_links, out_v, in_links, in_v = [], [], [], []
     dom_s, dom_d = cluster.gpu_domain[src], cluster.gpu_domain[dst]
-    same_dom = dom_s[:, None] == dom_d[None, :]
-    intra = np.where(same_dom, m, 0.0)
-    cross = m - intra
-    parts_l, parts_v = [], []
+    d0 = dom_s[0]
+    if (dom_s == d0).all() and (dom_d == d0).all():   # one scale-up domain (common case)
+        intra, cross = m, None
+    else:
+        same_dom = dom_s[:, None] == dom_d[None, :]
+        intra = np.where(same_dom, m, 0.0)
+        cross = m - intra
+        if not cross.any():
+            cross = None
+    latency = 0.0
     if intra.any():
-        parts_l += [cluster.su_up[src], cluster.su_down[dst]]
-        parts_v += [intra.sum(axis=1), intra.sum(axis=0)]
-    latency = cluster.hardware.scale_up.latency if intra.any() else 0.0
-    if cross.any():
-        parts_l += [cluster.nic_up[src], cluster.nic_down[dst]]
-        parts_v += [cross.sum(axis=1), cross.sum(axis=0)]
+        out_links.append(cluster.su_up[src])
+        out_v.append(intra.sum(axis=1))
+        in_links.append(cluster.su_down[dst])
+        in_v.append(intra.sum(axis=0))
+        latency = cluster.hardware.scale_up.latency
+    if cross is not None:
+        out_links.append(cluster.nic_up[src])
+        out_v.append(cross.sum(axis=1))
+        in_links.append(cluster.nic_down[dst])
+        in_v.append(cross.sum(axis=0))
         leaf_s, leaf_d = cluster.gpu_leaf[src], cluster.gpu_leaf[dst]
         spine = np.where(leaf_s[:, None] != leaf_d[None, :], cross, 0.0)
         if spine.any():
             n_leaves = cluster.n_leaves
-            up = np.bincount(leaf_s, weights=spine.sum(axis=1), minlength=n_leaves)
-            down = np.bincount(leaf_d, weights=spine.sum(axis=0), minlength=n_leaves)
-            parts_l += [cluster.leaf_up, cluster.leaf_down]
-            parts_v += [up, down]
+            out_links.append(cluster.leaf_up)
+            out_v.append(np.bincount(leaf_s, weights=spine.sum(axis=1), minlength=n_leaves))
+            in_links.append(cluster.leaf_down)
+            in_v.append(np.bincount(leaf_d, weights=spine.sum(axis=0), minlength=n_leaves))
         latency = cluster.hardware.scale_out.latency
-    if not parts_l:
+    return out_links, out_v, in_links, in_v, latency
+
+
+def _transfer(cluster: Cluster, out_links: list, out_v: list, in_links: list, in_v: list,
+              latency: float, sent: float) -> Transfer:
+    if not out_links:
         return Transfer(np.zeros(0, np.int64), np.zeros(0), 0.0, 0.0)
-    return Transfer(np.concatenate(parts_l), np.concatenate(parts_v), latency, float(m.sum()))
+    return Transfer(np.concatenate(out_links + in_links), np.concatenate(out_v + in_v),
+                    latency, sent)
+
+
+def scaled(t: Transfer, factor: float) -> Transfer:
+    """The same transfer with every byte multiplied by `factor`."""
+    return Transfer(t.links, t.load * factor, t.latency, t.bytes_sent * factor)
 
 
 def launched(cluster: Cluster, t: Transfer, hops: int = 1) -> Transfer:
@@ -110,10 +155,34 @@ def group_all_reduce_matrix(G: int, n: int, size) -> np.ndarray:
     return m
 
 
+def message_loads(cluster: Cluster, src: np.ndarray, dst: np.ndarray, size) -> Transfer:
+    """Link loads of GPU src[i] sending size[i] bytes to dst[i] for every i at once: the
+    same as pair_loads of the diagonal matrix, in time linear in the pairs."""
+    src, dst = np.asarray(src), np.asarray(dst)
+    size = np.where(src == dst, 0.0,
+                    np.broadcast_to(np.asarray(size, dtype=float), (len(src),)))
+    intra = np.where(cluster.gpu_domain[src] == cluster.gpu_domain[dst], size, 0.0)
+    cross = size - intra
+    parts_l, parts_v = [cluster.su_up[src], cluster.su_down[dst]], [intra, intra]
+    latency = cluster.hardware.scale_up.latency if intra.any() else 0.0
+    if cross.any():
+        leaf_s, leaf_d = cluster.gpu_leaf[src], cluster.gpu_leaf[dst]
+        parts_l += [cluster.nic_up[src], cluster.nic_down[dst]]
+        parts_v += [cross, cross]
+        spine = (leaf_s != leaf_d) & (cross > 0)
+        if spine.any():
+            parts_l += [cluster.leaf_up[leaf_s[spine]], cluster.leaf_down[leaf_d[spine]]]
+            parts_v += [cross[spine], cross[spine]]
+        latency = cluster.hardware.scale_out.latency
+    load = np.bincount(np.concatenate(parts_l), weights=np.concatenate(parts_v),
+                       minlength=cluster.n_links)
+    links = np.flatnonzero(load)
+    return Transfer(links, load[links], latency, float(size.sum()))
+
+
 def send_recv(cluster: Cluster, src: np.ndarray, dst: np.ndarray, size) -> Transfer:
     """GPU src[i] sends size[i] bytes to dst[i] (pipeline stage boundaries)."""
-    size = np.broadcast_to(np.asarray(size, dtype=float), (len(src),))
-    return launched(cluster, pair_loads(cluster, src, np.diag(size), dst_gpus=dst))
+    return launched(cluster, message_loads(cluster, src, dst, size))
 
 
 # nccl-tests bus-bandwidth factors: busbw = algbw x factor(n)

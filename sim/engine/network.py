@@ -37,7 +37,10 @@ import numpy as np
 import simpy
 
 EPS = 1e-12
-SAT_LOG_CHUNKS = 4096  # saturation-interval arrays kept before compaction
+SAT_LOG_ROWS = 200_000  # saturation intervals kept (5 MB) before compaction
+# finished trains whose link statistics are logged together: numpy's cost per call is
+# paid once per batch instead of once per train (their byte counts are current at once)
+SETTLE_BATCH = 128
 SATURATED = 1 - 1e-9   # utilisation counted as "at capacity"
 
 
@@ -81,6 +84,8 @@ class Prepared:
     alone_util: np.ndarray     # utilisation of its links when alone
     alone_sat: np.ndarray      # its bottleneck links (saturated when alone)
     alone_sat_tiers: np.ndarray
+    alone_tier_util: np.ndarray  # per tier: mean utilisation of its links when alone
+    alone_sat_mask: np.ndarray   # per tier: whether it holds one of its bottleneck links
     epoch: int = 0             # the capacities the alone_* figures were computed for
 
 
@@ -112,6 +117,7 @@ class Train:
     labels: list
     owner: int
     done: simpy.Event
+    moved: float = 0.0       # link bytes of all its transfers
     active: bool = True
 
 
@@ -142,6 +148,9 @@ class Network:
         n = len(self.capacity)
         self.n_tiers = int(self.tier.max()) + 1 if n else 0
         self.tier_links = np.bincount(self.tier, minlength=self.n_tiers) if n else np.zeros(0)
+        self._tier_links1 = np.maximum(self.tier_links, 1)
+        self._no_tiers = np.zeros(self.n_tiers, dtype=bool)   # a train segment moving nothing
+        self._no_util = np.zeros(self.n_tiers)
         self.stats = LinkStats(np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(self.n_tiers))
         self.flows: list[Flow] = []
         self._last = 0.0
@@ -169,6 +178,7 @@ class Network:
             (~np.asarray(nonbinding, dtype=bool)).astype(np.int64)
         self._pool_count = np.zeros(n, dtype=np.int64)
         self.trains: dict[int, Train] = {}
+        self._finished: list[Train] = []   # ended, statistics not logged yet
         self._next_train = 0
         self.trains_split = 0
         # per-tier utilisation series as integrals over bins of `series_bin` seconds
@@ -180,6 +190,7 @@ class Network:
         # tier saturation: intervals, compacted into a final total once nothing can
         # overlap them any more
         self._sat_iv: list[np.ndarray] = []         # [k, 3]: tier, start, end
+        self._sat_rows = 0                          # intervals in _sat_iv
         self._pool_sat_iv: list[list[float]] = []   # the pool's, contiguous ones merged
         self._sat_final = np.zeros(self.n_tiers)
 
@@ -200,9 +211,12 @@ class Network:
         sat = links[alone_util >= SATURATED]
         # per tier: sum over its links of utilisation per byte/s on the most loaded link
         weight = np.bincount(self.tier[links], weights=drain / size, minlength=self.n_tiers)
+        sat_mask = np.bincount(self.tier[sat], minlength=self.n_tiers) > 0
+        alone_bps = size / slowest
         return Prepared(links, load / size, size, float(load.sum()),
-                        tuple(float(w) for w in weight), size / slowest, alone_util, sat,
-                        np.unique(self.tier[sat]), self._epoch)
+                        tuple(float(w) for w in weight), alone_bps, alone_util, sat,
+                        np.flatnonzero(sat_mask), weight * alone_bps / self._tier_links1,
+                        sat_mask, self._epoch)
 
     def start(self, prep: Prepared | None, label: str = "", owner: int = -1,
               tag: object = None) -> simpy.Event:
@@ -297,6 +311,7 @@ class Network:
             self._count_bytes(f)
             f.counted = 0.0
         now = self.env.now
+        self._log_finished()
         for t in list(self.trains.values()):   # bytes moved so far count as delivered
             self._settle(t, now, final=False)
         self._merge_logs()
@@ -331,8 +346,9 @@ class Network:
         durs[1::2] = xdur[pidx]
         now = self.env.now
         ends = now + np.cumsum(durs)          # [wait0, xfer0, wait1, xfer1, ...]
+        totals = np.array([p.total if p is not None else 0.0 for p in preps] + [0.0])
         t = Train(self._next_train, links, now, ends, list(preps), pidx, list(labels), owner,
-                  self.env.event())
+                  self.env.event(), float(totals[pidx].sum()))
         self._next_train += 1
         self.trains[t.id] = t
         self._reserved[links[self._binding[links] > 0]] = t.id
@@ -341,10 +357,38 @@ class Network:
         return t.done
 
     def _train_done(self, t: Train) -> None:
+        """A train ran to its end: its links are free now and its bytes delivered; its
+        link statistics wait for the next batch (_log_finished)."""
         if not t.active:
             return
-        self._settle(t, float(t.seg_end[-1]), final=True)
+        self._release(t)
+        self.bytes_injected += t.moved
+        self.bytes_delivered += t.moved
+        self._finished.append(t)
+        if len(self._finished) >= SETTLE_BATCH:
+            self._log_finished()
         t.done.succeed(None)
+
+    def _release(self, t: Train) -> None:
+        t.active = False
+        del self.trains[t.id]
+        self._reserved[t.links] = -1
+
+    def _log_finished(self) -> None:
+        """Log the statistics of every finished train not logged yet, in one pass."""
+        done, self._finished = self._finished, []
+        if not done:
+            return
+        a, e, u, preps = [], [], [], []
+        for t in done:
+            k = np.flatnonzero(t.pidx >= 0)
+            xs = 2 * k + 1
+            a.append(t.seg_end[xs - 1])
+            e.append(t.seg_end[xs])
+            u.append(t.pidx[k] + len(preps))
+            preps += t.preps
+        a, e = np.concatenate(a), np.concatenate(e)
+        self._log_transfers(a, e, np.maximum(e - a, 1e-300), preps, np.concatenate(u))
 
     def _split_trains(self, links: np.ndarray | None) -> None:
         """Turn the trains holding any of `links` (all if None) into what they are doing
@@ -379,57 +423,65 @@ class Network:
     def _settle(self, t: Train, now: float, final: bool) -> tuple[int, float]:
         """Account t's transfers up to `now`, release its links and forget it. Returns the
         segment in progress (2k: wait before transfer k, 2k+1: transfer k) and, for a
-        transfer, the fraction of it left."""
-        t.active = False
-        del self.trains[t.id]
-        self._reserved[t.links] = -1
+        transfer, the fraction of it left. Vectorised over the train's transfers."""
+        self._release(t)
         ends = t.seg_end
         n = len(ends)
         seg = n if final else min(int(np.searchsorted(ends, now, side="right")), n - 1)
-        starts = np.concatenate([[t.t0], ends[:-1]])
-        left = 0.0
-        sf = self.stats_from
-        st = self.stats
-        xi = np.arange(len(t.pidx)) * 2 + 1          # each transfer's segment
-        started = (xi < seg) | ((xi == seg) & (now > starts[np.minimum(xi, n - 1)]))
-        for u, p in enumerate(t.preps):
-            if p is None:
-                continue
-            idx = np.flatnonzero(started & (t.pidx == u)) * 2 + 1
-            if not len(idx):
-                continue
-            a, e = starts[idx], ends[idx]
-            b = np.minimum(e, now)
-            dur = np.maximum(e - a, 1e-300)
-            done_frac = (b - a) / dur
-            if not final and idx[-1] == seg:
-                left = float(1.0 - done_frac[-1])
-                self.bytes_injected += (1.0 - left) * p.total
-                self.bytes_delivered += (1.0 - left) * p.total
-                full = done_frac[:-1].sum()
-            else:
-                full = done_frac.sum()
-            self.bytes_injected += full * p.total
-            self.bytes_delivered += full * p.total
-            aw = np.maximum(a, sf)
-            dw = np.maximum(b - aw, 0.0)
-            if dw.sum() > 0:
-                st.bytes[p.links] += p.load * (p.size * float((dw / dur).sum()))
-                st.saturated[p.alone_sat] += float(dw.sum())
-                st.peak[p.links] = np.maximum(st.peak[p.links], p.alone_util)
-                w = dw > 0
-                for tier in p.alone_sat_tiers:
-                    self._sat_iv.append(np.column_stack(
-                        [np.full(int(w.sum()), float(tier)), aw[w], b[w]]))
-            if self._record_series:
-                row = np.array(p.tier_weight) * p.alone_bps / np.maximum(self.tier_links, 1)
-                self._bin_add(a, b, row)
-        if len(self._sat_iv) > SAT_LOG_CHUNKS:
-            self._compact_sat()
-        return seg, left
+        k = np.flatnonzero(t.pidx >= 0)              # segments whose transfer moves bytes
+        xs = 2 * k + 1                               # their transfer's segment index
+        a, e = ends[xs - 1], ends[xs]
+        if not final:                                # only those started by now
+            started = (xs < seg) | ((xs == seg) & (now > a))
+            k, xs, a, e = k[started], xs[started], a[started], e[started]
+        if not len(k):
+            return seg, 0.0
+        b = np.minimum(e, now)
+        dur = np.maximum(e - a, 1e-300)
+        frac = (b - a) / dur                         # of each transfer, done by now
+        u = t.pidx[k]                                # which of the train's transfers
+        moved = float(frac @ np.array([t.preps[v].total for v in u]))
+        self.bytes_injected += moved
+        self.bytes_delivered += moved
+        self._log_transfers(a, b, dur, t.preps, u)
+        return seg, float(1.0 - frac[-1]) if not final and xs[-1] == seg else 0.0
 
-    def _bin_add(self, a: np.ndarray, b: np.ndarray, row: np.ndarray) -> None:
-        """Add a per-tier level `row` over each interval [a, b) to the binned integrals."""
+    def _log_transfers(self, a: np.ndarray, b: np.ndarray, dur: np.ndarray, preps: list,
+                       u: np.ndarray) -> None:
+        """Link statistics of transfers that ran alone at full rate: interval i ran from
+        a[i] to b[i] (of its full `dur[i]`) as transfer preps[u[i]]."""
+        aw = np.maximum(a, self.stats_from)
+        dw = np.maximum(b - aw, 0.0)
+        if dw.any():
+            st, n_p = self.stats, len(preps)
+            in_window = np.bincount(u, weights=dw / dur, minlength=n_p)
+            secs = np.bincount(u, weights=dw, minlength=n_p)
+            used = np.flatnonzero(secs > 0).tolist()
+            links = np.concatenate([preps[v].links for v in used])
+            load = np.concatenate([preps[v].load * (preps[v].size * in_window[v])
+                                   for v in used])
+            st.bytes += np.bincount(links, weights=load, minlength=len(st.bytes))
+            sat = [preps[v].alone_sat for v in used]
+            st.saturated += np.bincount(
+                np.concatenate(sat), minlength=len(st.saturated),
+                weights=np.repeat(secs[used], [len(x) for x in sat]))
+            np.maximum.at(st.peak, links, np.concatenate([preps[v].alone_util for v in used]))
+            masks = np.array([p.alone_sat_mask if p is not None else self._no_tiers
+                              for p in preps])
+            iv, tier = np.nonzero(masks[u] & (dw > 0)[:, None])
+            if len(iv):
+                self._sat_iv.append(np.column_stack([tier.astype(float), aw[iv], b[iv]]))
+                self._sat_rows += len(iv)
+        if self._record_series:
+            rows = np.array([p.alone_tier_util if p is not None else self._no_util
+                             for p in preps])
+            self._bin_add(a, b, rows[u])
+        if self._sat_rows > SAT_LOG_ROWS:
+            self._compact_sat()
+
+    def _bin_add(self, a: np.ndarray, b: np.ndarray, rows: np.ndarray) -> None:
+        """Add per-tier levels over intervals [a, b) to the binned integrals: `rows` holds
+        one level per tier, for all intervals ([n_tiers]) or for each ([len(a), n_tiers])."""
         W = self._bin
         ia, ib = (a / W).astype(np.int64), (b / W).astype(np.int64)
         if not len(ia):
@@ -440,20 +492,23 @@ class Network:
             grow[:len(self._bins)] = self._bins
             self._bins = grow
         span = hi - lo + 1
-        # seconds of the intervals falling in each bin lo..hi
-        first = np.where(ia == ib, b, (ia + 1) * W) - a
-        secs = np.bincount(ia - lo, weights=first, minlength=span)
-        two = ia != ib
-        if two.any():
-            secs += np.bincount(ib[two] - lo, weights=b[two] - ib[two] * W, minlength=span)
-            for i, j in zip(ia[two], ib[two]):
-                if j - i > 1:
-                    secs[i + 1 - lo:j - lo] += W
-        self._bins[lo:hi + 1] += np.outer(secs, row)
+        rows = np.broadcast_to(rows, (len(ia), self.n_tiers))
+        first = np.where(ia == ib, b, (ia + 1) * W) - a      # seconds in the first bin
+        two = np.flatnonzero(ia != ib)
+        last = b[two] - ib[two] * W                          # and in the last, if another
+        out = self._bins[lo:hi + 1]
+        for tier in range(self.n_tiers):
+            out[:, tier] += np.bincount(ia - lo, weights=first * rows[:, tier], minlength=span)
+            if len(two):
+                out[:, tier] += np.bincount(ib[two] - lo, weights=last * rows[two, tier],
+                                            minlength=span)
+        for c in np.flatnonzero(ib - ia > 1):                # whole bins in between
+            out[ia[c] + 1 - lo:ib[c] - lo] += W * rows[c]
 
     def _compact_sat(self) -> None:
         """Fold saturation intervals that end before anything still to be logged can
         start (the earliest running train's start, or now) into the final totals."""
+        self._log_finished()   # nothing earlier may be logged after compaction
         safe = min([self.env.now] + [t.t0 for t in self.trains.values()])
         parts = self._sat_iv + ([np.array(self._pool_sat_iv)] if self._pool_sat_iv else [])
         if not parts:
@@ -471,6 +526,7 @@ class Network:
             keep.append(np.column_stack([np.full(int(rest.sum()), float(tier)), bs[rest],
                                          be[rest]]))
         self._sat_iv = keep
+        self._sat_rows = sum(len(k) for k in keep)
         self._pool_sat_iv = []
 
     def _log_pool_sat(self, a: float, b: float) -> None:
@@ -659,7 +715,12 @@ class Network:
     def _flush_level(self) -> None:
         now = self.env.now
         if now > self._level_t and self._level.any():
-            self._bin_add(np.array([self._level_t]), np.array([now]), self._level)
+            a, W = self._level_t, self._bin
+            ia = int(a / W)
+            if int(now / W) == ia and ia + 2 <= len(self._bins):   # one bin: no arrays
+                self._bins[ia] += (now - a) * self._level
+            else:
+                self._bin_add(np.array([a]), np.array([now]), self._level)
         self._level_t = now
 
     def _on_timer(self, version: int) -> None:

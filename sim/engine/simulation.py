@@ -185,6 +185,7 @@ class Simulation:
         flags = moe_layer_flags(m)
         bounds = np.cumsum([0, *stage_layers(m.layers, lay.pipeline_parallel)])
         self.stage_moe = [flags[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        self.n_moe_layers = int(flags.sum())
         self.timelines = [stage_timeline(f, lay.tensor_parallel, lay.expert_parallel)
                           for f in self.stage_moe]
         self.popularity = (physical_popularity(
@@ -460,14 +461,15 @@ class Simulation:
                 detail = start >= self.warmup and self.steps_detailed < self.detail_steps
                 self.steps_detailed += detail
                 self.inflight[r].change(start, +1)
+                shared: dict = {}   # work every stage of this step shares (_step_work)
                 for s in range(self.P):
                     with self.stages[r][s].request() as hold:
                         yield hold
                         if s == 0:  # a step's time runs from getting the first stage
                             start = env.now
-                        yield from self._run_stage(r, s, j, plan, detail)
+                        yield from self._run_stage(r, s, j, plan, detail, shared)
                     if s < self.P - 1:
-                        yield from self._stage_boundary(r, s, plan)
+                        yield from self._stage_boundary(r, s, plan, detail)
                 if self.P > 1:  # the sampled token returns to the first stage
                     a, b = self.placement.group(r, self.P - 1)[0], self.placement.group(r, 0)[0]
                     yield env.timeout(self.cluster.path_latency(int(a), int(b)))
@@ -526,6 +528,15 @@ class Simulation:
         x.t = t = coll.launched(self.cluster, t, x.hops or 1)
         x.prep = self.net.prepare(t.links, t.load)
 
+    def _prepared(self, t) -> _Xfer:
+        """A transfer whose link loads are known (no faults: never routed again)."""
+        x = _Xfer()
+        x.src = x.matrix = x.dst = x.hops = None
+        x.epoch = 0
+        x.t = t = coll.launched(self.cluster, t)
+        x.prep = self.net.prepare(t.links, t.load)
+        return x
+
     def _fresh(self, x: _Xfer) -> _Xfer:
         """The transfer routed for the links up now."""
         if self.router is not None and x.epoch != self.router.epoch:
@@ -544,15 +555,50 @@ class Simulation:
             rec[0] += times
             rec[1] += times * x.t.bytes_sent
 
-    def _run_stage(self, r: int, s: int, j: int, plan, detail: bool):
+    def _step_work(self, plan, shared: dict):
+        """What every stage of one microbatch step shares: its tokens' spread over a stage
+        group, the dense part's cost, and one routing draw with the experts' cost. Every
+        stage group has the same shape, so a step draws its routing once and applies it to
+        every MoE layer of every stage, as it does without pipelining (the expected cost of
+        each layer is exact; stages of one step do not draw fresh noise)."""
+        w = shared.get("work")
+        if w is None:
+            c = self.costs
+            group_tokens = np.repeat(split_tokens(plan.tokens, c.ep), c.tp).astype(float)
+            share = group_tokens / max(plan.tokens, 1)
+            # each EP rank's attention group (its TP GPUs) holds an even share of sequences
+            dense = c.dense_phase(group_tokens, share * plan.kv_tokens, share * plan.attn_pairs)
+            routing = expert = None
+            if self.n_moe_layers:
+                routing = draw_routing(c, split_tokens(plan.tokens, c.G), self.popularity,
+                                       self.rng_routing)
+                expert = c.expert_phase(routing.expert_tokens())
+            w = shared["work"] = (group_tokens, dense, routing, expert)
+        return w
+
+    def _dispatch_pair(self, gpus: np.ndarray, routing, hits, shared: dict):
+        """A stage's dispatch and combine transfers. Their matrices (token copies between
+        GPU positions) are shared by the stages of a step whose EP ranks sit in the same
+        pattern of scale-up domains (same `hits`); the combine is the dispatch transposed,
+        at the combine's bytes per token."""
+        key = ("dispatch", id(hits))
+        copies = shared.get(key)
+        if copies is None:
+            copies = shared[key] = dispatch_matrix(self.costs, routing, 1.0,
+                                                   self.dispatch_mode, hits)
+        c = self.costs
+        if self.router is not None:   # faults: routed around down links, matrix by matrix
+            return (self._prepare(gpus, copies * c.dispatch_bytes),
+                    self._prepare(gpus, copies.T * c.combine_bytes))
+        fwd, rev = coll.exchange_pair(self.cluster, gpus, copies)
+        return (self._prepared(coll.scaled(fwd, c.dispatch_bytes)),
+                self._prepared(coll.scaled(rev, c.combine_bytes)))
+
+    def _run_stage(self, r: int, s: int, j: int, plan, detail: bool, shared: dict):
         env, c, router = self.env, self.costs, self.router
         gpus = self.placement.group(r, s)
-        G, ep, tp = c.G, c.ep, c.tp
-        group_tokens = np.repeat(split_tokens(plan.tokens, ep), tp).astype(float)
-        share = group_tokens / max(plan.tokens, 1)
-        # each EP rank's attention group (its TP GPUs) holds an even share of the sequences
-        dense_t, dense_cb = c.dense_phase(group_tokens, share * plan.kv_tokens,
-                                          share * plan.attn_pairs)
+        ep, tp = c.ep, c.tp
+        group_tokens, (dense_t, dense_cb), routing, expert = self._step_work(plan, shared)
         slow = self.slow[gpus] if self.slow is not None else None  # stragglers
         if slow is not None:
             dense_t = dense_t * slow
@@ -563,19 +609,13 @@ class Simulation:
         mem = dense_t * ~dense_cb * n_layers
         exp_t = None
         if n_moe:
-            routing = draw_routing(c, split_tokens(plan.tokens, G), self.popularity,
-                                   self.rng_routing)
-            exp_t, exp_cb = c.expert_phase(routing.expert_tokens())
+            exp_t, exp_cb = expert
             if slow is not None:
                 exp_t = exp_t * slow
             comp = comp + exp_t * exp_cb * n_moe
             mem = mem + exp_t * ~exp_cb * n_moe
             if ep > 1:
-                mode, hits = self.dispatch_mode, self._hits(r, s, gpus)
-                disp = self._prepare(gpus, dispatch_matrix(c, routing, c.dispatch_bytes,
-                                                           mode, hits))
-                comb = self._prepare(gpus, dispatch_matrix(c, routing, c.combine_bytes,
-                                                           mode, hits).T)
+                disp, comb = self._dispatch_pair(gpus, routing, self._hits(r, s, gpus), shared)
         if tp > 1:
             ar = self._tp_all_reduce(gpus, group_tokens)
         t_dense = float(dense_t.max())
@@ -651,22 +691,49 @@ class Simulation:
         return self._prepare(gpus, m, hops=coll.all_reduce_hops(n, algo))
 
     def _hits(self, r: int, s: int, gpus: np.ndarray):
-        """Hit probabilities of the EP ranks and domains of one stage group (cached)."""
+        """Hit probabilities of the EP ranks and domains of one stage group, cached by the
+        pattern of its ranks' scale-up domains (stage groups with the same pattern share
+        one object, and so their dispatch matrices within a step)."""
         key = (r, s)
         h = self.hits.get(key)
         if h is None:
-            moe, c = self.scenario.model.moe, self.costs
-            h = self.hits[key] = routing_hits(
-                self.popularity, c.top_k, moe.groups, moe.topk_groups, c.ep,
-                self.cluster.gpu_domain[gpus][::c.tp])
+            c = self.costs
+            pattern = np.unique(self.cluster.gpu_domain[gpus][::c.tp], return_inverse=True)[1]
+            h = self.hits.get(tuple(pattern))
+            if h is None:
+                moe = self.scenario.model.moe
+                h = self.hits[tuple(pattern)] = routing_hits(
+                    self.popularity, c.top_k, moe.groups, moe.topk_groups, c.ep, pattern)
+            self.hits[key] = h
         return h
 
-    def _stage_boundary(self, r: int, s: int, plan):
+    def _stage_boundary(self, r: int, s: int, plan, detail: bool):
+        """Stage s hands its activations to stage s + 1, GPU by GPU (a send/recv): as a
+        one-transfer train when its links are free (exact, one event), else as a flow."""
         a, b = self.placement.group(r, s), self.placement.group(r, s + 1)
         size = split_tokens(plan.tokens, len(a)) * self.costs.activation_bytes
-        x = self._prepare(a, np.diag(size.astype(float)), b)  # as collectives.send_recv
-        if x.t.latency:
-            yield self.env.timeout(x.t.latency)
+        if self.router is not None:   # faults: routed around down links
+            x = self._prepare(a, np.diag(size.astype(float)), b)  # as collectives.send_recv
+        else:
+            x = self._prepared(coll.message_loads(self.cluster, a, b, size))
+        wait = x.t.latency
+        if self.use_trains and not detail and self.router is None:
+            train = self.net.start_train(np.array([wait]), np.array([0]), [x.prep],
+                                         ["send_recv"], owner=r)
+            if train is not None:
+                self._count_transfer("send_recv", x)
+                res = yield train
+                if res is None:
+                    return
+                _, wait, flow = res           # split by a flow claiming its links
+                if flow is not None:
+                    yield flow
+                    return
+                yield self.env.timeout(wait)
+                yield self.net.start(x.prep, "send_recv", r, x)
+                return
+        if wait:
+            yield self.env.timeout(wait)
         yield self._transfer("send_recv", x, r)
 
     def _account(self, r, s, j, gpus, start, end, comp, mem) -> None:
