@@ -86,6 +86,8 @@ class Prepared:
     alone_sat_tiers: np.ndarray
     alone_tier_util: np.ndarray  # per tier: mean utilisation of its links when alone
     alone_sat_mask: np.ndarray   # per tier: whether it holds one of its bottleneck links
+    alone_dur: float             # seconds alone (its most loaded link's drain time)
+    bind: np.ndarray             # its links that can bind (see Network._binding)
     epoch: int = 0             # the capacities the alone_* figures were computed for
 
 
@@ -216,7 +218,7 @@ class Network:
         return Prepared(links, load / size, size, float(load.sum()),
                         tuple(float(w) for w in weight), alone_bps, alone_util, sat,
                         np.flatnonzero(sat_mask), weight * alone_bps / self._tier_links1,
-                        sat_mask, self._epoch)
+                        sat_mask, slowest, links[self._binding[links] > 0], self._epoch)
 
     def start(self, prep: Prepared | None, label: str = "", owner: int = -1,
               tag: object = None) -> simpy.Event:
@@ -332,26 +334,27 @@ class Network:
         k, pool flow event or None): segments before k are done and the caller goes on
         from there (the transfer of k, if started, continues as an ordinary flow whose
         event is given). `labels[k]` names segment k's transfer."""
-        used = [i for i, p in enumerate(preps) if p is not None]
-        if not used or any(preps[i].epoch != self._epoch for i in used):
+        used = [p for p in preps if p is not None]
+        if not used or any(p.epoch != self._epoch for p in used):
             return None
-        links = np.concatenate([preps[i].links for i in used])   # repeats are harmless
+        links = np.concatenate([p.bind for p in used])   # repeats are harmless
         if (self._reserved[links] >= 0).any() or self._pool_count[links].any():
             return None
-        xdur = np.array([p.size / p.alone_bps if p is not None else 0.0 for p in preps] + [0.0])
-        moves = np.array([p is not None for p in preps] + [False])   # index -1: nothing
-        pidx = np.where(moves[pidx], pidx, -1)
+        xdur = np.array([p.alone_dur if p is not None else 0.0 for p in preps] + [0.0])
+        if len(used) < len(preps):                       # index -1: nothing moves
+            moves = np.array([p is not None for p in preps] + [False])
+            pidx = np.where(moves[pidx], pidx, -1)
         durs = np.empty(2 * len(waits))
         durs[0::2] = waits
         durs[1::2] = xdur[pidx]
         now = self.env.now
         ends = now + np.cumsum(durs)          # [wait0, xfer0, wait1, xfer1, ...]
         totals = np.array([p.total if p is not None else 0.0 for p in preps] + [0.0])
-        t = Train(self._next_train, links, now, ends, list(preps), pidx, list(labels), owner,
+        t = Train(self._next_train, links, now, ends, preps, pidx, labels, owner,
                   self.env.event(), float(totals[pidx].sum()))
         self._next_train += 1
         self.trains[t.id] = t
-        self._reserved[links[self._binding[links] > 0]] = t.id
+        self._reserved[links] = t.id
         ev = self.env.timeout(float(ends[-1] - now))
         ev.callbacks.append(lambda _e, t=t: self._train_done(t))
         return t.done

@@ -119,12 +119,14 @@ class Timeline:
     MLP), then for MoE layers dispatch, experts, combine; tensor parallelism all-reduces after
     attention and after the MLP/experts (Megatron-style: two per layer). Segment i is compute
     (dense[i] attention/dense phases and expert[i] expert phases) then collective slot[i]
-    (TRANSFER_KINDS; -1: none, the trailing compute); busy[i] names the compute."""
+    (TRANSFER_KINDS; -1: none, the trailing compute); busy[i] names the compute and
+    labels[i] the collective."""
 
     dense: np.ndarray
     expert: np.ndarray
     slot: np.ndarray
     busy: tuple
+    labels: list
 
 
 def stage_timeline(moe: np.ndarray, tp: int, ep: int) -> Timeline:
@@ -153,7 +155,8 @@ def stage_timeline(moe: np.ndarray, tp: int, ep: int) -> Timeline:
             cut(0, "experts" if is_moe else "mlp")
     cut(-1, "compute")
     return Timeline(np.array(dense, dtype=float), np.array(expert, dtype=float),
-                    np.array(slot, dtype=np.int64), tuple(busy))
+                    np.array(slot, dtype=np.int64), tuple(busy),
+                    [TRANSFER_KINDS[k] if k >= 0 else None for k in slot])
 
 
 class _Xfer:
@@ -663,8 +666,7 @@ class Simulation:
             latency = np.array([x.t.latency if x is not None else 0.0 for x in xfers] + [0.0])
             train = self.net.start_train(compute + latency[tl.slot], tl.slot,
                                          [x.prep if x is not None else None for x in xfers],
-                                         [TRANSFER_KINDS[k] if k >= 0 else None
-                                          for k in tl.slot], owner=r)
+                                         tl.labels, owner=r)
         if train is None:
             yield from run_from(0)
         else:
