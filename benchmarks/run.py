@@ -2,6 +2,10 @@
 bare SimPy rate (measured in the same run), peak memory, and wall time per simulated second
 against GPU count, for the reference scenarios in benchmarks/scenarios/ (S, M, L).
 
+Events are counted two ways: SimPy events the loop processed, and "resolved" events, which
+add the waits and transfers layer trains resolved without the loop (each is at least one
+SimPy event when the same run goes flow by flow; `engine.layer_trains: false`).
+
     make bench                                  # every reference scenario, as committed
     python benchmarks/run.py --duration 5 S M-dp4   # quicker: 5 simulated s after warm-up
 
@@ -24,20 +28,32 @@ HERE = Path(__file__).resolve().parent
 SCENARIOS = HERE / "scenarios"
 
 
-def bare_simpy_rate(n: int = 500_000) -> float:
-    """Events per second of a bare `env.timeout` loop in this interpreter."""
+def bare_simpy_rate(n: int = 500_000, work=None) -> float:
+    """Events per second of a bare `env.timeout` loop in this interpreter; with `work`, a
+    call of it per event (the floor for an engine whose events do that much)."""
     import simpy
 
     env = simpy.Environment()
 
     def loop():
         for _ in range(n):
+            if work is not None:
+                work()
             yield env.timeout(1)
 
     env.process(loop())
     t = time.perf_counter()
     env.run()
     return n / (time.perf_counter() - t)
+
+
+def one_numpy_op_rate() -> float:
+    """The bare loop with one numpy reduction over 64 numbers per event: what any event
+    that touches a link array costs at least."""
+    import numpy as np
+
+    a = np.random.default_rng(0).random(64)
+    return bare_simpy_rate(work=a.sum)
 
 
 def one(path: str, duration: float | None) -> dict:
@@ -60,6 +76,8 @@ def one(path: str, duration: float | None) -> dict:
             "simulated_s": simulated, "wall_s": wall, "sim_s_per_wall_s": simulated / wall,
             "wall_s_per_sim_s": wall / simulated, "events": res.sim_events,
             "events_per_s": res.sim_events / wall, "network_solves": res.network.solves,
+            "train_events": res.network.train_events,
+            "resolved_events_per_s": (res.sim_events + res.network.train_events) / wall,
             "steps": int(len(res.steps["start"])),
             "output_tokens_per_s": res.output_tokens / (res.window[1] - res.window[0]),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -87,6 +105,7 @@ def main() -> None:
         return
     names = a.names or sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
     bare = bare_simpy_rate()
+    floor = one_numpy_op_rate()
     rows = []
     for name in names:
         cmd = [sys.executable, __file__, "--child", str(SCENARIOS / f"{name}.yaml")]
@@ -95,6 +114,7 @@ def main() -> None:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         row = json.loads(out.strip().splitlines()[-1])
         row["events_vs_bare_simpy"] = row["events_per_s"] / bare
+        row["resolved_events_vs_bare_simpy"] = row["resolved_events_per_s"] / bare
         rows.append(row)
         print(f"{name}: {row['sim_s_per_wall_s']:.3f} simulated s per wall s", flush=True)
     a2a = all_to_all_576()
@@ -103,16 +123,19 @@ def main() -> None:
         r["wall_per_sim_s_vs_smallest"] = r["wall_s_per_sim_s"] / small["wall_s_per_sim_s"]
         r["gpus_vs_smallest"] = r["gpus"] / small["gpus"]
     result = {"machine": platform.platform(), "python": platform.python_version(),
-              "bare_simpy_events_per_s": bare, "all_to_all_576_gpus": a2a,
+              "bare_simpy_events_per_s": bare,
+              "simpy_with_one_numpy_op_per_event_per_s": floor,
+              "one_numpy_op_vs_bare": floor / bare, "all_to_all_576_gpus": a2a,
               "duration_override_s": a.duration, "runs": rows}
     (HERE / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nbare SimPy: {bare:,.0f} events/s; one 576-GPU all-to-all: "
-          f"{a2a['wall_s'] * 1e3:.1f} ms wall")
+    print(f"\nbare SimPy: {bare:,.0f} events/s ({floor / bare:.2f} of it with one numpy "
+          f"reduction per event); one 576-GPU all-to-all: {a2a['wall_s'] * 1e3:.1f} ms wall")
     print(f"{'scenario':12} {'GPUs':>5} {'sim s/wall s':>12} {'events/s':>10} {'vs bare':>8} "
-          f"{'wall/sim vs S':>13} {'peak MB':>8}")
+          f"{'resolved/s':>11} {'vs bare':>8} {'wall/sim vs S':>13} {'peak MB':>8}")
     for r in rows:
         print(f"{r['scenario']:12} {r['gpus']:>5} {r['sim_s_per_wall_s']:>12.3f} "
               f"{r['events_per_s']:>10,.0f} {r['events_vs_bare_simpy']:>8.3f} "
+              f"{r['resolved_events_per_s']:>11,.0f} {r['resolved_events_vs_bare_simpy']:>8.3f} "
               f"{r['wall_per_sim_s_vs_smallest']:>13.1f} {r['peak_rss_mb']:>8,.0f}")
 
 

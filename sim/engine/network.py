@@ -120,6 +120,7 @@ class Train:
     owner: int
     done: simpy.Event
     moved: float = 0.0       # link bytes of all its transfers
+    events: int = 0          # waits and transfers that take time (each an event flow by flow)
     active: bool = True
 
 
@@ -183,6 +184,9 @@ class Network:
         self._finished: list[Train] = []   # ended, statistics not logged yet
         self._next_train = 0
         self.trains_split = 0
+        # the events trains resolved without the event loop: each wait or transfer that
+        # takes time (flow by flow, each would be at least one SimPy event)
+        self.train_events = 0
         # per-tier utilisation series as integrals over bins of `series_bin` seconds
         # (bounded memory whatever the number of flows), filled by trains and the pool
         self._bin = float(series_bin)
@@ -351,7 +355,7 @@ class Network:
         ends = now + np.cumsum(durs)          # [wait0, xfer0, wait1, xfer1, ...]
         totals = np.array([p.total if p is not None else 0.0 for p in preps] + [0.0])
         t = Train(self._next_train, links, now, ends, preps, pidx, labels, owner,
-                  self.env.event(), float(totals[pidx].sum()))
+                  self.env.event(), float(totals[pidx].sum()), int(np.count_nonzero(durs)))
         self._next_train += 1
         self.trains[t.id] = t
         self._reserved[links] = t.id
@@ -367,6 +371,7 @@ class Network:
         self._release(t)
         self.bytes_injected += t.moved
         self.bytes_delivered += t.moved
+        self.train_events += t.events
         self._finished.append(t)
         if len(self._finished) >= SETTLE_BATCH:
             self._log_finished()
@@ -431,6 +436,7 @@ class Network:
         ends = t.seg_end
         n = len(ends)
         seg = n if final else min(int(np.searchsorted(ends, now, side="right")), n - 1)
+        self.train_events += int(np.count_nonzero(np.diff(ends[:seg], prepend=t.t0)))
         k = np.flatnonzero(t.pidx >= 0)              # segments whose transfer moves bytes
         xs = 2 * k + 1                               # their transfer's segment index
         a, e = ends[xs - 1], ends[xs]
