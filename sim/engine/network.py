@@ -63,6 +63,15 @@ def _merge_intervals(starts: np.ndarray, ends: np.ndarray):
     return s[new], cover[last]
 
 
+def _sorted_unique(x: np.ndarray) -> np.ndarray:
+    """np.unique of an integer array by sorting (numpy's hashing unique is slower on the
+    few hundred link ids of a solve)."""
+    x = np.sort(x)
+    if len(x) < 2:
+        return x
+    return x[np.concatenate(([True], x[1:] != x[:-1]))]
+
+
 def _tick(now: float) -> float:
     """The smallest step the clock can take at `now` (a few float ulps): a flow with less
     time than this left is finished, or it would never advance."""
@@ -663,7 +672,7 @@ class Network:
             self._sat, self._sat_tiers = p.alone_sat, p.alone_sat_tiers
         else:
             links = np.concatenate([f.prep.links for f in flows])
-            union = np.unique(links)
+            union = _sorted_unique(links)
             if len(union) == len(links):  # no shared link: each flow runs as if alone
                 for f in flows:
                     f.rate = f.prep.alone_bps / f.prep.size
@@ -671,7 +680,7 @@ class Network:
                 self._union = union
                 self._util = np.concatenate([f.prep.alone_util for f in flows])[order]
                 self._sat = np.concatenate([f.prep.alone_sat for f in flows])
-                self._sat_tiers = np.unique(self.tier[self._sat])
+                self._sat_tiers = self._tiers_of(self._sat)
             else:
                 self._solve_shared(flows, union)
         self._record()
@@ -707,7 +716,11 @@ class Network:
         util = (bps @ a) / cap
         self._union, self._util = links, util
         self._sat = links[util >= SATURATED]
-        self._sat_tiers = np.unique(self.tier[self._sat])
+        self._sat_tiers = self._tiers_of(self._sat)
+
+    def _tiers_of(self, links: np.ndarray) -> np.ndarray:
+        """The tiers `links` belong to, ascending."""
+        return np.flatnonzero(np.bincount(self.tier[links], minlength=self.n_tiers))
 
     def _record(self) -> None:
         """The pool's per-tier utilisation changes now: bin the level it had until now."""
@@ -725,9 +738,13 @@ class Network:
         now = self.env.now
         if now > self._level_t and self._level.any():
             a, W = self._level_t, self._bin
-            ia = int(a / W)
-            if int(now / W) == ia and ia + 2 <= len(self._bins):   # one bin: no arrays
-                self._bins[ia] += (now - a) * self._level
+            ia, ib = int(a / W), int(now / W)
+            if ib - ia <= 1 and ib + 2 <= len(self._bins):   # one or two bins: no arrays
+                if ia == ib:
+                    self._bins[ia] += (now - a) * self._level
+                else:
+                    self._bins[ia] += (ib * W - a) * self._level
+                    self._bins[ib] += (now - ib * W) * self._level
             else:
                 self._bin_add(np.array([a]), np.array([now]), self._level)
         self._level_t = now
