@@ -106,3 +106,26 @@ def test_batched_statistics_and_compaction_change_nothing(monkeypatch, batch, ro
     resolved = a.summary["sim_events"] + a.summary["layer_trains"]["events_resolved"]
     assert a.summary["layer_trains"]["events_resolved"] > 0
     assert resolved <= b.summary["sim_events"]
+
+
+def test_pool_saturation_log_compaction_changes_nothing(monkeypatch):
+    """The shared flows' saturation intervals are compacted too once the log grows (memory
+    stays flat in contended runs): a tiny log gives the same tier saturation."""
+    import sim.engine.network as network
+
+    d = small_run()
+    d["layout"] = {"expert_parallel": 8, "data_parallel": 2, "microbatches": 1}
+    d["hardware"] = copy.deepcopy(TOY_HARDWARE)
+    d["hardware"]["gpus_per_rack"] = 8
+    d["racks"] = 2
+    d["hardware"]["scale_up"]["domain_gpus"] = 4
+    d["hardware"]["scale_out"] = {**TOY_HARDWARE["scale_out"], "topology": "rail_optimized",
+                                  "oversubscription": 2.0}
+    d["engine"] = {"layer_trains": False}
+    ref = simulate(scenario_from_dict(copy.deepcopy(d))).summary["link_utilisation"]
+    monkeypatch.setattr(network, "SAT_LOG_ROWS", 3)
+    small = simulate(scenario_from_dict(d)).summary["link_utilisation"]
+    assert ref["scale_out"]["saturated_fraction"] > 0
+    for tier in ref:
+        assert small[tier]["saturated_fraction"] == pytest.approx(
+            ref[tier]["saturated_fraction"], rel=1e-9, abs=1e-12)

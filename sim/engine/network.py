@@ -557,6 +557,9 @@ class Network:
                     break
             else:
                 log.append([tier, a, b])
+                self._sat_rows += 1
+        if self._sat_rows > SAT_LOG_ROWS:
+            self._compact_sat()
 
     def _merge_logs(self) -> None:
         """Tier saturation as the union of pool and train intervals; the utilisation series
