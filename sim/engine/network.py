@@ -214,19 +214,21 @@ class Network:
     def prepare(self, links: np.ndarray, load: np.ndarray) -> Prepared | None:
         """Normalise a transfer's loads (links must be unique); None if it moves nothing."""
         load = np.asarray(load, dtype=float)
+        links = np.asarray(links, dtype=np.int64)
         keep = load > 0
-        links, load = np.asarray(links, dtype=np.int64)[keep], load[keep]
+        if not keep.all():
+            links, load = links[keep], load[keep]
         if len(links) == 0:
             return None
-        cap = self.capacity[links]
-        size = float(load.max())
-        drain = load / cap                      # seconds per link when alone at full rate
-        slowest = float(drain.max())
+        drain = load / self.capacity[links]    # seconds per link when alone at full rate
+        size, slowest = float(load.max()), float(drain.max())
         alone_util = drain / slowest
-        sat = links[alone_util >= SATURATED]
+        hot = alone_util >= SATURATED
+        sat = links[hot]
         # per tier: sum over its links of utilisation per byte/s on the most loaded link
-        weight = np.bincount(self.tier[links], weights=drain / size, minlength=self.n_tiers)
-        sat_mask = np.bincount(self.tier[sat], minlength=self.n_tiers) > 0
+        tier = self.tier[links]
+        weight = np.bincount(tier, weights=drain / size, minlength=self.n_tiers)
+        sat_mask = np.bincount(tier[hot], minlength=self.n_tiers) > 0
         alone_bps = size / slowest
         return Prepared(links, load / size, size, float(load.sum()),
                         tuple(float(w) for w in weight), alone_bps, alone_util, sat,
