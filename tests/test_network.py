@@ -154,26 +154,42 @@ def _as_dict(t):
     return {int(k): float(v) for k, v in zip(t.links, t.load) if v}
 
 
+def _by_paths(c, src, dst, m):
+    """Oracle: every byte of m[i, j] on every link of the path from src[i] to dst[j]."""
+    out: dict = {}
+    for i, a in enumerate(src):
+        for j, b in enumerate(dst):
+            if m[i, j] and a != b:
+                for link in c.path(int(a), int(b)):
+                    out[link] = out.get(link, 0.0) + float(m[i, j])
+    return out
+
+
+def _check(got, want: dict):
+    d = _as_dict(got)
+    assert d.keys() == want.keys()
+    assert all(d[k] == pytest.approx(want[k], rel=1e-12) for k in d)
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.integers(1, 4), st.integers(1, 3), st.integers(0, 2**31 - 1))
-def test_fast_loads_equal_the_matrix_form(racks, spr, seed):
-    """message_loads (one message per pair) and exchange_pair (a matrix and its transpose
-    in one pass) put exactly the bytes pair_loads puts on every link, across domains and
-    leaves."""
+def test_link_loads_are_the_bytes_on_each_path(racks, spr, seed):
+    """pair_loads (a byte matrix), message_loads (one message per pair) and exchange_pair
+    (a matrix and its transpose in one pass) put on every link exactly the bytes whose
+    GPU-to-GPU path crosses it (Cluster.path, pair by pair), across domains and leaves."""
     c = build_cluster(hw(per_rack=8, domain=4), racks * spr)
     rng = np.random.default_rng(seed)
-    n = int(rng.integers(2, c.n_gpus + 1))
+    n = int(rng.integers(2, min(c.n_gpus, 24) + 1))
     src = rng.permutation(c.n_gpus)[:n]
     dst = rng.permutation(c.n_gpus)[:n]
     size = rng.random(n) * 1e6
-    a, b = coll.message_loads(c, src, dst, size), coll.pair_loads(c, src, np.diag(size), dst)
-    da, db = _as_dict(a), _as_dict(b)
-    assert da.keys() == db.keys() and a.latency == b.latency
-    assert all(da[k] == pytest.approx(db[k], rel=1e-12) for k in da)
-    assert a.bytes_sent == pytest.approx(b.bytes_sent, rel=1e-12)
+    diag = np.diag(size)
+    _check(coll.message_loads(c, src, dst, size), _by_paths(c, src, dst, diag))
+    _check(coll.pair_loads(c, src, diag, dst), _by_paths(c, src, dst, diag))
     m = rng.random((n, n)) * (rng.random((n, n)) < 0.5)
     fwd, rev = coll.exchange_pair(c, src, m)
-    for got, want in ((fwd, coll.pair_loads(c, src, m)), (rev, coll.pair_loads(c, src, m.T))):
-        dg, dw = _as_dict(got), _as_dict(want)
-        assert dg.keys() == dw.keys() and got.latency == want.latency
-        assert all(dg[k] == pytest.approx(dw[k], rel=1e-12) for k in dg)
+    _check(fwd, _by_paths(c, src, src, m))
+    _check(rev, _by_paths(c, src, src, m.T))
+    assert fwd.latency == coll.pair_loads(c, src, m).latency == rev.latency
+    assert coll.message_loads(c, src, dst, size).bytes_sent == pytest.approx(
+        float(size[src != dst].sum()), rel=1e-12)

@@ -447,6 +447,8 @@ class Network:
         ends = t.seg_end
         n = len(ends)
         seg = n if final else min(int(np.searchsorted(ends, now, side="right")), n - 1)
+        if seg % 2 and now <= ends[seg - 1]:   # a transfer due to start now has not
+            seg -= 1                           # started: the wait before it ends now
         self.train_events += int(np.count_nonzero(np.diff(ends[:seg], prepend=t.t0)))
         k = np.flatnonzero(t.pidx >= 0)              # segments whose transfer moves bytes
         xs = 2 * k + 1                               # their transfer's segment index
@@ -529,7 +531,10 @@ class Network:
         """Fold saturation intervals that end before anything still to be logged can
         start (the earliest running train's start, or now) into the final totals."""
         self._log_finished()   # nothing earlier may be logged after compaction
-        safe = min([self.env.now] + [t.t0 for t in self.trains.values()])
+        # later logs start no earlier than now, a running train's start, or (while flows
+        # share links) the last time the pool logged its saturation
+        safe = min([self._last if self.flows else self.env.now]
+                   + [t.t0 for t in self.trains.values()])
         parts = self._sat_iv + ([np.array(self._pool_sat_iv)] if self._pool_sat_iv else [])
         if not parts:
             return

@@ -195,7 +195,8 @@ class Simulation:
             expert_popularity(s.spec.moe, m.moe.experts, np.random.default_rng([seed, 4])),
             s.spec.moe.redundant_experts) if m.moe else None)
         self.dispatch_mode = s.spec.moe.dispatch
-        self.hits: dict = {}
+        self.hits: dict = {}              # (replica, stage) -> hit probabilities
+        self.hits_by_pattern: dict = {}   # rank -> domain pattern -> the same, shared
         self.R, self.P, self.M = lay.data_parallel, lay.pipeline_parallel, lay.n_microbatches
         self.warmup = s.workload.warmup_s
         self.req = RequestTable()
@@ -696,17 +697,18 @@ class Simulation:
         """Hit probabilities of the EP ranks and domains of one stage group, cached by the
         pattern of its ranks' scale-up domains (stage groups with the same pattern share
         one object, and so their dispatch matrices within a step)."""
-        key = (r, s)
-        h = self.hits.get(key)
+        h = self.hits.get((r, s))
         if h is None:
             c = self.costs
-            pattern = np.unique(self.cluster.gpu_domain[gpus][::c.tp], return_inverse=True)[1]
-            h = self.hits.get(tuple(pattern))
+            pattern = tuple(np.unique(self.cluster.gpu_domain[gpus][::c.tp],
+                                      return_inverse=True)[1].tolist())
+            h = self.hits_by_pattern.get(pattern)
             if h is None:
                 moe = self.scenario.model.moe
-                h = self.hits[tuple(pattern)] = routing_hits(
-                    self.popularity, c.top_k, moe.groups, moe.topk_groups, c.ep, pattern)
-            self.hits[key] = h
+                h = self.hits_by_pattern[pattern] = routing_hits(
+                    self.popularity, c.top_k, moe.groups, moe.topk_groups, c.ep,
+                    np.array(pattern))
+            self.hits[(r, s)] = h
         return h
 
     def _stage_boundary(self, r: int, s: int, plan, detail: bool):
