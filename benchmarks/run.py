@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -28,6 +29,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SCENARIOS = HERE / "scenarios"   # the references (issue 8); `make bench` runs these
 EXTRA = HERE / "extra"           # by name only (e.g. the contended path)
+# numpy's thread pools, capped at one thread in the scenario processes
+ONE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def bare_simpy_rate(n: int = 500_000, work=None) -> float:
@@ -60,7 +63,10 @@ def one_numpy_op_rate() -> float:
 
 def one(path: str, duration: float | None) -> dict:
     """Run one scenario in this process and return its figures (called in a child), with
-    the bare SimPy rate measured in the same process just before."""
+    the bare SimPy rate measured in the same process just before. Pinned to one core (the
+    targets are per core; the parent also caps numpy's thread pools at one)."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     bare = bare_simpy_rate()
     import sim.api as rs
 
@@ -122,7 +128,8 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", str(path)]
         if a.duration is not None:
             cmd += ["--duration", str(a.duration)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        env = {**os.environ, **{k: "1" for k in ONE_THREAD}}
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
         row = json.loads(out.strip().splitlines()[-1])
         rows.append(row)
         print(f"{name}: {row['sim_s_per_wall_s']:.3f} simulated s per wall s", flush=True)
