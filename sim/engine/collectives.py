@@ -155,29 +155,53 @@ def group_all_reduce_matrix(G: int, n: int, size) -> np.ndarray:
     return m
 
 
+@dataclass(frozen=True)
+class MessageMap:
+    """Link loads of GPU src[i] sending size[i] bytes to dst[i], for fixed pairs: a linear
+    map built once (`message_map`) and applied to any sizes (`loads`)."""
+
+    links: np.ndarray        # every link some pair's path crosses (unique)
+    entry_link: np.ndarray   # per (pair, link on its path): position in `links`
+    entry_pair: np.ndarray   # per (pair, link on its path): the pair
+    intra: np.ndarray        # per pair: inside one scale-up domain
+    cross: np.ndarray        # per pair: across domains (scale-out)
+    up_latency: float
+    out_latency: float
+
+    def loads(self, size) -> Transfer:
+        size = np.broadcast_to(np.asarray(size, dtype=float), self.intra.shape)
+        load = np.bincount(self.entry_link, weights=size[self.entry_pair],
+                           minlength=len(self.links))
+        moving = size > 0
+        latency = self.out_latency if (moving & self.cross).any() else \
+            self.up_latency if (moving & self.intra).any() else 0.0
+        return Transfer(self.links, load, latency,
+                        float(size[self.intra | self.cross].sum()))
+
+
+def message_map(cluster: Cluster, src: np.ndarray, dst: np.ndarray) -> MessageMap:
+    src, dst = np.asarray(src), np.asarray(dst)
+    pair = np.arange(len(src))
+    moves = src != dst
+    intra = moves & (cluster.gpu_domain[src] == cluster.gpu_domain[dst])
+    cross = moves & ~intra
+    leaf_s, leaf_d = cluster.gpu_leaf[src], cluster.gpu_leaf[dst]
+    spine = cross & (leaf_s != leaf_d)
+    parts = [(cluster.su_up[src[intra]], pair[intra]), (cluster.su_down[dst[intra]], pair[intra]),
+             (cluster.nic_up[src[cross]], pair[cross]), (cluster.nic_down[dst[cross]], pair[cross]),
+             (cluster.leaf_up[leaf_s[spine]], pair[spine]),
+             (cluster.leaf_down[leaf_d[spine]], pair[spine])]
+    ids = np.concatenate([p[0] for p in parts]).astype(np.int64)
+    links, entry_link = np.unique(ids, return_inverse=True)
+    hw = cluster.hardware
+    return MessageMap(links, entry_link, np.concatenate([p[1] for p in parts]), intra, cross,
+                      hw.scale_up.latency, hw.scale_out.latency)
+
+
 def message_loads(cluster: Cluster, src: np.ndarray, dst: np.ndarray, size) -> Transfer:
     """Link loads of GPU src[i] sending size[i] bytes to dst[i] for every i at once: the
     same as pair_loads of the diagonal matrix, in time linear in the pairs."""
-    src, dst = np.asarray(src), np.asarray(dst)
-    size = np.where(src == dst, 0.0,
-                    np.broadcast_to(np.asarray(size, dtype=float), (len(src),)))
-    intra = np.where(cluster.gpu_domain[src] == cluster.gpu_domain[dst], size, 0.0)
-    cross = size - intra
-    parts_l, parts_v = [cluster.su_up[src], cluster.su_down[dst]], [intra, intra]
-    latency = cluster.hardware.scale_up.latency if intra.any() else 0.0
-    if cross.any():
-        leaf_s, leaf_d = cluster.gpu_leaf[src], cluster.gpu_leaf[dst]
-        parts_l += [cluster.nic_up[src], cluster.nic_down[dst]]
-        parts_v += [cross, cross]
-        spine = (leaf_s != leaf_d) & (cross > 0)
-        if spine.any():
-            parts_l += [cluster.leaf_up[leaf_s[spine]], cluster.leaf_down[leaf_d[spine]]]
-            parts_v += [cross[spine], cross[spine]]
-        latency = cluster.hardware.scale_out.latency
-    load = np.bincount(np.concatenate(parts_l), weights=np.concatenate(parts_v),
-                       minlength=cluster.n_links)
-    links = np.flatnonzero(load)
-    return Transfer(links, load[links], latency, float(size.sum()))
+    return message_map(cluster, src, dst).loads(size)
 
 
 def send_recv(cluster: Cluster, src: np.ndarray, dst: np.ndarray, size) -> Transfer:

@@ -197,6 +197,7 @@ class Simulation:
         self.dispatch_mode = s.spec.moe.dispatch
         self.hits: dict = {}              # (replica, stage) -> hit probabilities
         self.hits_by_pattern: dict = {}   # rank -> domain pattern -> the same, shared
+        self.boundary_maps: dict = {}     # (replica, stage) -> its send to the next stage
         self.R, self.P, self.M = lay.data_parallel, lay.pipeline_parallel, lay.n_microbatches
         self.warmup = s.workload.warmup_s
         self.req = RequestTable()
@@ -719,7 +720,10 @@ class Simulation:
         if self.router is not None:   # faults: routed around down links
             x = self._prepare(a, np.diag(size.astype(float)), b)  # as collectives.send_recv
         else:
-            x = self._prepared(coll.message_loads(self.cluster, a, b, size))
+            m = self.boundary_maps.get((r, s))
+            if m is None:
+                m = self.boundary_maps[(r, s)] = coll.message_map(self.cluster, a, b)
+            x = self._prepared(m.loads(size))
         wait = x.t.latency
         if self.use_trains and not detail and self.router is None:
             train = self.net.start_train(np.array([wait]), np.array([0]), [x.prep],
