@@ -9,6 +9,7 @@ SimPy event when the same run goes flow by flow; `engine.layer_trains: false`).
 
     make bench                                  # every reference scenario, as committed
     python benchmarks/run.py --duration 5 S M-dp4   # quicker: 5 simulated s after warm-up
+    python benchmarks/run.py --duration 2 --profile M-pp2-dp2   # where the time goes
 
 Each scenario runs in its own process so its peak memory is its own. Writes
 benchmarks/results.json and prints a table. Timings live here, never in pass/fail tests.
@@ -61,7 +62,7 @@ def one_numpy_op_rate() -> float:
     return bare_simpy_rate(work=a.sum)
 
 
-def one(path: str, duration: float | None) -> dict:
+def one(path: str, duration: float | None, profile: bool = False) -> dict:
     """Run one scenario in this process and return its figures (called in a child), with
     the bare SimPy rate measured in the same process just before. Pinned to one core (the
     targets are per core; the parent also caps numpy's thread pools at one)."""
@@ -78,9 +79,23 @@ def one(path: str, duration: float | None) -> dict:
     from sim.engine.simulation import Simulation
 
     sim = Simulation(s)
+    prof = None
+    if profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
     t = time.perf_counter()
     res = sim.run()
     wall = time.perf_counter() - t
+    if prof is not None:   # the figures of a profiled run carry the profiler's overhead
+        import pstats
+
+        prof.disable()
+        out = HERE / f"profile-{Path(path).stem}.pstats"
+        prof.dump_stats(out)
+        pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+        print(f"profile written to {out}", file=sys.stderr)
     simulated = res.window[1]
     return {"scenario": Path(path).stem, "gpus": s.layout.total_gpus,
             "simulated_s": simulated, "wall_s": wall, "sim_s_per_wall_s": simulated / wall,
@@ -112,10 +127,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="*", help="scenario names in benchmarks/scenarios/")
     ap.add_argument("--duration", type=float, help="simulated seconds after warm-up")
+    ap.add_argument("--profile", action="store_true",
+                    help="profile each run (cProfile): top functions printed, "
+                         "benchmarks/profile-NAME.pstats written; timings then include "
+                         "the profiler's overhead")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(one(a.child, a.duration)))
+        print(json.dumps(one(a.child, a.duration, a.profile)))
         return
     names = a.names or sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
     bare = bare_simpy_rate()
@@ -125,11 +144,15 @@ def main() -> None:
         path = SCENARIOS / f"{name}.yaml"
         if not path.exists() and (EXTRA / f"{name}.yaml").exists():
             path = EXTRA / f"{name}.yaml"
-        cmd = [sys.executable, __file__, "--child", str(path)]
+        cmd = [sys.executable, __file__, "--child", str(path)] + \
+            (["--profile"] if a.profile else [])
         if a.duration is not None:
             cmd += ["--duration", str(a.duration)]
         env = {**os.environ, **{k: "1" for k in ONE_THREAD}}
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+        if a.profile:
+            print(done.stderr, flush=True)
+        out = done.stdout
         row = json.loads(out.strip().splitlines()[-1])
         rows.append(row)
         print(f"{name}: {row['sim_s_per_wall_s']:.3f} simulated s per wall s", flush=True)
