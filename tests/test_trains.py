@@ -227,3 +227,35 @@ def test_one_routing_draw_per_microbatch_step_shared_by_its_stages(monkeypatch):
     assert sim.P == 2 and steps > 10
     assert steps <= len(draws) <= steps + in_flight
     assert len(matrices) == len(draws)
+
+
+@pytest.mark.parametrize("faults, rerouted_in_flight", [
+    ([{"kind": "link_degraded", "tier": "scale_up", "rack": 0, "factor": 0.25,
+       "start": 0.1, "end": 0.2},
+      {"kind": "link_down", "tier": "scale_up", "gpu": 3, "start": 0.15, "end": 0.3},
+      {"kind": "straggler", "gpu": 10, "slowdown": 2, "start": 0.2},
+      {"kind": "gpu_lost", "gpu": 12, "start": 0.3, "policy": "restart_replica",
+       "restart_after": 0.1}], 0),
+    # strikes while a train is inside a transfer over the NIC: it re-routes in flight
+    ([{"kind": "link_down", "tier": "scale_out", "gpu": 2, "start": 0.1, "end": 0.25},
+      {"kind": "link_degraded", "tier": "scale_out", "rack": 1, "factor": 0.5,
+       "start": 0.2, "end": 0.3}], 1)])
+def test_faults_split_trains_and_results_match_layer_by_layer(faults, rerouted_in_flight):
+    """A fault splits the trains running when it strikes (their transfer in progress
+    re-routes as a shared flow); later steps run as trains on the new routes and
+    capacities. Everything matches the flow-by-flow run, failures and faults included."""
+    d = small_run()
+    d["racks"] = 2
+    d["hardware"] = copy.deepcopy(TOY_HARDWARE)
+    d["hardware"]["scale_up"]["domain_gpus"] = 4   # EP 8 over two domains: scale-out used
+    d["layout"] = {"expert_parallel": 8, "data_parallel": 2}
+    d["workload"] = {**d["workload"], "duration_s": 0.5}
+    d["engine"] = {"trace_detail_steps": 0}
+    d["faults"] = faults
+    a, b = pair(d)
+    same(a, b)
+    assert a.summary["layer_trains"]["run"] > 10 and a.summary["layer_trains"]["split"] > 0
+    for k in ("requests_failed", "requests_completed", "faults"):
+        assert a.summary[k] == b.summary[k]
+    assert a.tables.faults.equals(b.tables.faults)
+    assert a.summary["faults"]["flows_rerouted_in_flight"] == rerouted_in_flight

@@ -128,6 +128,7 @@ class Train:
     labels: list
     owner: int
     done: simpy.Event
+    tags: list | None = None  # per transfer: the tag its flow carries if it joins the pool
     moved: float = 0.0       # link bytes of all its transfers
     events: int = 0          # waits and transfers that take time (each an event flow by flow)
     active: bool = True
@@ -340,7 +341,7 @@ class Network:
         return self._next_train
 
     def start_train(self, waits: np.ndarray, pidx: np.ndarray, preps: list, labels: list,
-                    owner: int = -1) -> simpy.Event | None:
+                    owner: int = -1, tags: list | None = None) -> simpy.Event | None:
         """Run a sequence of segments as one event: segment k is a wait of waits[k] seconds
         followed, when pidx[k] >= 0, by transfer preps[pidx[k]] at its solo rate (a step
         reuses a few transfers many times). Only when no flow or train holds any of its
@@ -348,7 +349,8 @@ class Network:
         done, or, if another flow claims one of its links first, with (k, remaining wait of
         k, pool flow event or None): segments before k are done and the caller goes on
         from there (the transfer of k, if started, continues as an ordinary flow whose
-        event is given). `labels[k]` names segment k's transfer."""
+        event is given). `labels[k]` names segment k's transfer; `tags[u]` (as start's
+        `tag`) goes with transfer u if it joins the shared flows."""
         used = [p for p in preps if p is not None]
         if not used or any(p.epoch != self._epoch for p in used):
             return None
@@ -366,7 +368,8 @@ class Network:
         ends = now + np.cumsum(durs)          # [wait0, xfer0, wait1, xfer1, ...]
         totals = np.array([p.total if p is not None else 0.0 for p in preps] + [0.0])
         t = Train(self._next_train, links, now, ends, preps, pidx, labels, owner,
-                  self.env.event(), float(totals[pidx].sum()), int(np.count_nonzero(durs)))
+                  self.env.event(), tags, float(totals[pidx].sum()),
+                  int(np.count_nonzero(durs)))
         self._next_train += 1
         self.trains[t.id] = t
         self._reserved[links] = t.id
@@ -430,10 +433,12 @@ class Network:
             if seg % 2 == 0:    # waiting before transfer k
                 t.done.succeed((k, float(t.seg_end[seg] - now), None))
             else:               # inside transfer k: the rest moves as a pool flow
-                p = t.preps[int(t.pidx[k])]
+                u = int(t.pidx[k])
+                p = t.preps[u]
                 done = self.env.event()
                 self.bytes_injected += left * p.total
-                self._add(Flow(p, t.labels[k], done, left, 0.0, 0.0, t.owner, None, left))
+                tag = t.tags[u] if t.tags is not None else None
+                self._add(Flow(p, t.labels[k], done, left, 0.0, 0.0, t.owner, tag, left))
                 joined = True
                 t.done.succeed((k, 0.0, done))
         if joined:
@@ -597,6 +602,10 @@ class Network:
             st.series_util = array("d", util.ravel().tolist())
 
     # ------------------------------------------------------------------ mechanics
+
+    def current(self, p: Prepared) -> Prepared:
+        """p, normalised again if capacities changed since it was prepared."""
+        return p if p.epoch == self._epoch else self._refresh(p)
 
     def _refresh(self, p: Prepared) -> Prepared:
         """The same transfer normalised for the current capacities."""

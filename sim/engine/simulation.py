@@ -246,8 +246,9 @@ class Simulation:
         self.restarts_pending = 0
         self.injector = FaultInjector(self, s.spec.faults) if s.spec.faults else None
         self.router = self.injector.router if self.injector else None
-        # trains need fixed routes and capacities: off when faults are configured
-        self.use_trains = s.spec.engine.layer_trains and self.injector is None
+        # a fault splits the trains running when it strikes (network.set_capacity, cancel);
+        # later steps start trains again on the routes and capacities of the moment
+        self.use_trains = s.spec.engine.layer_trains
 
     # ------------------------------------------------------------------ setup
 
@@ -543,9 +544,11 @@ class Simulation:
         return x
 
     def _fresh(self, x: _Xfer) -> _Xfer:
-        """The transfer routed for the links up now."""
+        """The transfer routed for the links up now and normalised for their capacities."""
         if self.router is not None and x.epoch != self.router.epoch:
             self._route(x)
+        elif x.prep is not None:
+            x.prep = self.net.current(x.prep)
         return x
 
     def _transfer(self, kind: str, x: _Xfer, r: int):
@@ -664,11 +667,15 @@ class Simulation:
                 phase(TRANSFER_KINDS[tl.slot[i]])
 
         train = None
-        if self.use_trains and not detail and router is None:
+        if self.use_trains and not detail:
+            if router is not None:
+                for x in xfers:
+                    if x is not None:
+                        self._fresh(x)          # raises Unroutable
             latency = np.array([x.t.latency if x is not None else 0.0 for x in xfers] + [0.0])
             train = self.net.start_train(compute + latency[tl.slot], tl.slot,
                                          [x.prep if x is not None else None for x in xfers],
-                                         tl.labels, owner=r)
+                                         tl.labels, owner=r, tags=list(xfers))
         if train is None:
             yield from run_from(0)
         else:
@@ -725,9 +732,9 @@ class Simulation:
                 m = self.boundary_maps[(r, s)] = coll.message_map(self.cluster, a, b)
             x = self._prepared(m.loads(size))
         wait = x.t.latency
-        if self.use_trains and not detail and self.router is None:
+        if self.use_trains and not detail:
             train = self.net.start_train(np.array([wait]), np.array([0]), [x.prep],
-                                         ["send_recv"], owner=r)
+                                         ["send_recv"], owner=r, tags=[x])
             if train is not None:
                 self._count_transfer("send_recv", x)
                 res = yield train
