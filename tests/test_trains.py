@@ -179,7 +179,7 @@ def test_a_split_as_its_transfer_is_due_is_not_lost():
     as a shared flow; every byte arrives and the two share the link fairly."""
     import simpy
 
-    from sim.engine.network import Network
+    from sim.engine.network import Network, TrainShape
 
     env = simpy.Environment()
     net = Network(env, np.array([1.0]), np.array([0]))
@@ -188,7 +188,7 @@ def test_a_split_as_its_transfer_is_due_is_not_lost():
     ends = {}
 
     def train():
-        res = yield net.start_train(np.array([1.0]), np.array([0]), [p], ["x"])
+        res = yield net.start_train(np.array([1.0]), TrainShape(np.array([0])), [p], ["x"])
         assert res is not None and res[0] == 0 and res[2] is None   # split, not started
         yield env.timeout(res[1])
         yield net.start(p, "x")
@@ -229,18 +229,32 @@ def test_one_routing_draw_per_microbatch_step_shared_by_its_stages(monkeypatch):
     assert len(matrices) == len(draws)
 
 
-@pytest.mark.parametrize("faults, rerouted_in_flight", [
+def _mid_dispatch(d: dict, replica: int, after: float) -> float:
+    """The middle of the first dispatch of `replica` starting after `after` in the run of
+    `d` without faults: a fault there strikes a transfer in progress (the run up to a
+    fault does not depend on it)."""
+    x = copy.deepcopy(d)
+    x["faults"] = []
+    x["engine"] = {"trace_detail_steps": 10**6}
+    res = simulate(scenario_from_dict(x)).result
+    a, b = min((a, b) for r, _, name, a, b in res.phases
+               if r == replica and name == "dispatch" and a > after)
+    return (a + b) / 2
+
+
+@pytest.mark.parametrize("faults, mid_transfer", [
     ([{"kind": "link_degraded", "tier": "scale_up", "rack": 0, "factor": 0.25,
        "start": 0.1, "end": 0.2},
       {"kind": "link_down", "tier": "scale_up", "gpu": 3, "start": 0.15, "end": 0.3},
       {"kind": "straggler", "gpu": 10, "slowdown": 2, "start": 0.2},
       {"kind": "gpu_lost", "gpu": 12, "start": 0.3, "policy": "restart_replica",
-       "restart_after": 0.1}], 0),
-    # strikes while a train is inside a transfer over the NIC: it re-routes in flight
-    ([{"kind": "link_down", "tier": "scale_out", "gpu": 2, "start": 0.1, "end": 0.25},
+       "restart_after": 0.1}], False),
+    # GPU 2's NIC goes down in the middle of a dispatch of its replica (replica 0, whose
+    # EP 8 spans both 4-GPU domains): the train's transfer re-routes in flight
+    ([{"kind": "link_down", "tier": "scale_out", "gpu": 2, "start": None, "end": 0.25},
       {"kind": "link_degraded", "tier": "scale_out", "rack": 1, "factor": 0.5,
-       "start": 0.2, "end": 0.3}], 1)])
-def test_faults_split_trains_and_results_match_layer_by_layer(faults, rerouted_in_flight):
+       "start": 0.2, "end": 0.3}], True)])
+def test_faults_split_trains_and_results_match_layer_by_layer(faults, mid_transfer):
     """A fault splits the trains running when it strikes (their transfer in progress
     re-routes as a shared flow); later steps run as trains on the new routes and
     capacities. Everything matches the flow-by-flow run, failures and faults included."""
@@ -251,6 +265,9 @@ def test_faults_split_trains_and_results_match_layer_by_layer(faults, rerouted_i
     d["layout"] = {"expert_parallel": 8, "data_parallel": 2}
     d["workload"] = {**d["workload"], "duration_s": 0.5}
     d["engine"] = {"trace_detail_steps": 0}
+    faults = copy.deepcopy(faults)
+    if mid_transfer:
+        faults[0]["start"] = _mid_dispatch(d, replica=0, after=0.1)
     d["faults"] = faults
     a, b = pair(d)
     same(a, b)
@@ -258,4 +275,5 @@ def test_faults_split_trains_and_results_match_layer_by_layer(faults, rerouted_i
     for k in ("requests_failed", "requests_completed", "faults"):
         assert a.summary[k] == b.summary[k]
     assert a.tables.faults.equals(b.tables.faults)
-    assert a.summary["faults"]["flows_rerouted_in_flight"] == rerouted_in_flight
+    if mid_transfer:
+        assert a.summary["faults"]["flows_rerouted_in_flight"] >= 1

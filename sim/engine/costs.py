@@ -20,6 +20,7 @@ from ..spec.hardware import Hardware
 from ..spec.layout import Layout, dense_share
 from ..spec.model import Model
 from ..spec.precision import BYTES_PER_ELEMENT, precision_for_bytes
+from .sampling import Categories, LogFactorials, categories, multinomial
 
 
 def op_time(flops, nbytes, flops_per_s: float, bytes_per_s: float):
@@ -224,30 +225,35 @@ class Routing:
         return self.counts.reshape(len(self.counts), ep, -1).sum(axis=2)
 
 
-def draw_routing(costs: LayerCosts, tokens: np.ndarray, popularity: np.ndarray,
-                 rng: np.random.Generator) -> Routing:
-    """Each token on GPU i makes top_k choices from `popularity` (multinomial; the
-    distinctness of a token's k experts is not enforced). Drawn in two exact stages: each
-    GPU's copies over EP ranks, then each rank's total over its experts (a sum of
-    multinomials with equal probabilities is multinomial), which costs G x EP + E draws
-    instead of G x E. With fewer copies than G x EP, each GPU's are drawn one by one and
-    counted instead (the same distribution, cheaper)."""
-    tokens = np.asarray(tokens, dtype=np.int64)
+@dataclass(frozen=True)
+class RoutingTable:
+    """What every routing draw of a run shares: the probability that one choice lands on
+    each EP rank, and each rank's experts' shares of it (built once, `routing_table`)."""
+
+    ep: int
+    rank: Categories         # [ep]: one distribution for every GPU
+    expert: Categories       # [ep, experts per rank]: each rank's own
+    logf: LogFactorials
+
+
+def routing_table(costs: LayerCosts, popularity: np.ndarray) -> RoutingTable:
     ep, per = costs.ep, costs.experts_per_rank
     p = np.asarray(popularity, dtype=float).reshape(ep, per)
     mass = p.sum(axis=1)
-    n = tokens * costs.top_k
-    G = len(n)
-    total = int(n.sum())
-    if total < G * ep:
-        cdf = np.cumsum(mass / mass.sum())
-        pick = np.minimum(np.searchsorted(cdf, rng.random(total), side="right"), ep - 1)
-        rank = np.bincount(np.repeat(np.arange(G), n) * ep + pick,
-                           minlength=G * ep).reshape(G, ep)
-    else:
-        rank = rng.multinomial(n, mass / mass.sum())
     cond = np.divide(p, mass[:, None], out=np.full_like(p, 1.0 / per), where=mass[:, None] > 0)
-    experts = rng.multinomial(rank.sum(axis=0), cond).ravel()
+    return RoutingTable(ep, categories(mass), categories(cond), LogFactorials())
+
+
+def draw_routing(costs: LayerCosts, tokens: np.ndarray, table: RoutingTable,
+                 rng: np.random.Generator) -> Routing:
+    """Each token on GPU i makes top_k choices from the experts' popularity (`table`;
+    multinomial; the distinctness of a token's k experts is not enforced). Drawn in two
+    exact stages: each GPU's copies over EP ranks, then each rank's total over its experts
+    (a sum of multinomials with equal probabilities is multinomial), which costs G x EP + E
+    binomials instead of G x E (sampling.multinomial)."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    rank = multinomial(rng, tokens * costs.top_k, table.rank, table.logf)
+    experts = multinomial(rng, rank.sum(axis=0), table.expert, table.logf).ravel()
     return Routing(None, tokens, rank, experts)
 
 

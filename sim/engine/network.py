@@ -113,6 +113,40 @@ class Flow:
     initial: float = 1.0       # fraction left when it joined (< 1: the rest of a train's)
 
 
+class TrainShape:
+    """The fixed structure of a train: segment k is a wait then transfer pidx[k] (-1: none).
+    A stage's trains all have the same shape; what follows from it (which segments move
+    bytes for a given set of transfers that move anything, how often each transfer runs)
+    is worked out once per such set and kept (`moving`)."""
+
+    __slots__ = ("pidx", "_moving")
+
+    def __init__(self, pidx: np.ndarray):
+        self.pidx = np.asarray(pidx, dtype=np.int64)
+        self._moving: dict = {}
+
+    def moving(self, moves: tuple) -> "_Moving":
+        """The shape when only the transfers u with moves[u] move bytes."""
+        m = self._moving.get(moves)
+        if m is None:
+            ok = np.array(list(moves) + [False])
+            pidx = np.where(ok[self.pidx], self.pidx, -1)
+            k = np.flatnonzero(pidx >= 0)
+            uses = np.bincount(pidx[k], minlength=len(moves))
+            m = self._moving[moves] = _Moving(pidx, k, 2 * k + 1, pidx[k],
+                                              tuple(int(c) for c in uses))
+        return m
+
+
+@dataclass(frozen=True)
+class _Moving:
+    pidx: np.ndarray      # per segment: its transfer, -1 where none moves bytes
+    k: np.ndarray         # the segments whose transfer moves bytes
+    xs: np.ndarray        # their transfer's index in the [wait0, xfer0, wait1, ...] timeline
+    u: np.ndarray         # their transfer (pidx[k])
+    uses: tuple           # per transfer: how many segments run it
+
+
 @dataclass
 class Train:
     """A stage-step's whole sequence of waits and transfers, run as one event while no other
@@ -124,7 +158,7 @@ class Train:
     t0: float
     seg_end: np.ndarray
     preps: list              # the distinct transfers
-    pidx: np.ndarray         # per segment: index into preps, -1 for none
+    shape: _Moving           # per segment: index into preps (-1 for none), and more
     labels: list
     owner: int
     done: simpy.Event
@@ -340,12 +374,12 @@ class Network:
     def trains_run(self) -> int:
         return self._next_train
 
-    def start_train(self, waits: np.ndarray, pidx: np.ndarray, preps: list, labels: list,
+    def start_train(self, waits: np.ndarray, shape: TrainShape, preps: list, labels: list,
                     owner: int = -1, tags: list | None = None) -> simpy.Event | None:
         """Run a sequence of segments as one event: segment k is a wait of waits[k] seconds
-        followed, when pidx[k] >= 0, by transfer preps[pidx[k]] at its solo rate (a step
-        reuses a few transfers many times). Only when no flow or train holds any of its
-        links (else None: run it flow by flow). The event fires with None when all is
+        followed, when shape.pidx[k] >= 0, by transfer preps[shape.pidx[k]] at its solo rate
+        (a step reuses a few transfers many times). Only when no flow or train holds any of
+        its links (else None: run it flow by flow). The event fires with None when all is
         done, or, if another flow claims one of its links first, with (k, remaining wait of
         k, pool flow event or None): segments before k are done and the caller goes on
         from there (the transfer of k, if started, continues as an ordinary flow whose
@@ -354,22 +388,22 @@ class Network:
         used = [p for p in preps if p is not None]
         if not used or any(p.epoch != self._epoch for p in used):
             return None
-        links = np.concatenate([p.bind for p in used])   # repeats are harmless
+        links = np.concatenate([p.bind for p in used]) if len(used) > 1 else used[0].bind
         if (self._reserved[links] >= 0).any() or self._pool_count[links].any():
             return None
+        m = shape.moving(tuple(p is not None for p in preps))
         xdur = np.array([p.alone_dur if p is not None else 0.0 for p in preps] + [0.0])
-        if len(used) < len(preps):                       # index -1: nothing moves
-            moves = np.array([p is not None for p in preps] + [False])
-            pidx = np.where(moves[pidx], pidx, -1)
         durs = np.empty(2 * len(waits))
         durs[0::2] = waits
-        durs[1::2] = xdur[pidx]
+        durs[1::2] = xdur[m.pidx]
         now = self.env.now
         ends = now + np.cumsum(durs)          # [wait0, xfer0, wait1, xfer1, ...]
-        totals = np.array([p.total if p is not None else 0.0 for p in preps] + [0.0])
-        t = Train(self._next_train, links, now, ends, preps, pidx, labels, owner,
-                  self.env.event(), tags, float(totals[pidx].sum()),
-                  int(np.count_nonzero(durs)))
+        moved = 0.0
+        for c, p in zip(m.uses, preps):
+            if c:
+                moved += c * p.total
+        t = Train(self._next_train, links, now, ends, preps, m, labels, owner,
+                  self.env.event(), tags, moved, int(np.count_nonzero(durs)))
         self._next_train += 1
         self.trains[t.id] = t
         self._reserved[links] = t.id
@@ -397,18 +431,25 @@ class Network:
         self._reserved[t.links] = -1
 
     def _log_finished(self) -> None:
-        """Log the statistics of every finished train not logged yet, in one pass."""
+        """Log the statistics of every finished train not logged yet, in one pass (trains
+        of one shape gathered together)."""
         done, self._finished = self._finished, []
         if not done:
             return
-        a, e, u, preps = [], [], [], []
+        groups: dict = {}
         for t in done:
-            k = np.flatnonzero(t.pidx >= 0)
-            xs = 2 * k + 1
-            a.append(t.seg_end[xs - 1])
-            e.append(t.seg_end[xs])
-            u.append(t.pidx[k] + len(preps))
-            preps += t.preps
+            groups.setdefault(id(t.shape), []).append(t)
+        a, e, u, preps = [], [], [], []
+        for group in groups.values():
+            m = group[0].shape
+            ends = np.array([t.seg_end for t in group])
+            a.append(ends[:, m.xs - 1].ravel())
+            e.append(ends[:, m.xs].ravel())
+            n_p = len(group[0].preps)
+            u.append((m.u[None, :] + (len(preps) + n_p * np.arange(len(group)))[:, None])
+                     .ravel())
+            for t in group:
+                preps += t.preps
         a, e = np.concatenate(a), np.concatenate(e)
         self._log_transfers(a, e, np.maximum(e - a, 1e-300), preps, np.concatenate(u))
 
@@ -433,7 +474,7 @@ class Network:
             if seg % 2 == 0:    # waiting before transfer k
                 t.done.succeed((k, float(t.seg_end[seg] - now), None))
             else:               # inside transfer k: the rest moves as a pool flow
-                u = int(t.pidx[k])
+                u = int(t.shape.pidx[k])
                 p = t.preps[u]
                 done = self.env.event()
                 self.bytes_injected += left * p.total
@@ -455,8 +496,8 @@ class Network:
         if seg % 2 and now <= ends[seg - 1]:   # a transfer due to start now has not
             seg -= 1                           # started: the wait before it ends now
         self.train_events += int(np.count_nonzero(np.diff(ends[:seg], prepend=t.t0)))
-        k = np.flatnonzero(t.pidx >= 0)              # segments whose transfer moves bytes
-        xs = 2 * k + 1                               # their transfer's segment index
+        m = t.shape
+        k, xs = m.k, m.xs     # segments whose transfer moves bytes, and its segment index
         a, e = ends[xs - 1], ends[xs]
         if not final:                                # only those started by now
             started = (xs < seg) | ((xs == seg) & (now > a))
@@ -466,7 +507,7 @@ class Network:
         b = np.minimum(e, now)
         dur = np.maximum(e - a, 1e-300)
         frac = (b - a) / dur                         # of each transfer, done by now
-        u = t.pidx[k]                                # which of the train's transfers
+        u = t.shape.pidx[k]                          # which of the train's transfers
         moved = float(frac @ np.array([t.preps[v].total for v in u]))
         self.bytes_injected += moved
         self.bytes_delivered += moved

@@ -34,9 +34,10 @@ from ..spec.workload import (DEFAULT_CHUNK_TOKENS, QUEUE_BATCHES, Closed, Fixed,
                              FixedInterval, LogNormal, Trace, Uniform)
 from . import collectives as coll
 from .costs import (draw_routing, dispatch_matrix, expert_popularity, layer_costs,
-                    moe_layer_flags, physical_popularity, routing_hits, split_tokens)
+                    moe_layer_flags, physical_popularity, routing_hits, routing_table,
+                    split_tokens)
 from .faults import FaultInjector, FaultLog, Unroutable
-from .network import Network
+from .network import Network, TrainShape
 from .serving import DONE, DROPPED, FAILED, RUNNING, RequestTable, Slot
 
 
@@ -127,6 +128,8 @@ class Timeline:
     slot: np.ndarray
     busy: tuple
     labels: list
+    shape: TrainShape     # the same order as a train's segments (network.start_train)
+    uses: tuple           # per TRANSFER_KINDS slot: how many segments end with it
 
 
 def stage_timeline(moe: np.ndarray, tp: int, ep: int) -> Timeline:
@@ -154,9 +157,12 @@ def stage_timeline(moe: np.ndarray, tp: int, ep: int) -> Timeline:
         if tp > 1:
             cut(0, "experts" if is_moe else "mlp")
     cut(-1, "compute")
-    return Timeline(np.array(dense, dtype=float), np.array(expert, dtype=float),
-                    np.array(slot, dtype=np.int64), tuple(busy),
-                    [TRANSFER_KINDS[k] if k >= 0 else None for k in slot])
+    slot = np.array(slot, dtype=np.int64)
+    return Timeline(np.array(dense, dtype=float), np.array(expert, dtype=float), slot,
+                    tuple(busy), [TRANSFER_KINDS[k] if k >= 0 else None for k in slot],
+                    TrainShape(slot),
+                    tuple(int(c) for c in np.bincount(slot[slot >= 0],
+                                                      minlength=len(TRANSFER_KINDS))))
 
 
 class _Xfer:
@@ -191,9 +197,11 @@ class Simulation:
         self.n_moe_layers = int(flags.sum())
         self.timelines = [stage_timeline(f, lay.tensor_parallel, lay.expert_parallel)
                           for f in self.stage_moe]
+        self.send_shape = TrainShape(np.array([0]))   # a stage boundary: a wait, the send
         self.popularity = (physical_popularity(
             expert_popularity(s.spec.moe, m.moe.experts, np.random.default_rng([seed, 4])),
             s.spec.moe.redundant_experts) if m.moe else None)
+        self.routing_table = routing_table(self.costs, self.popularity) if m.moe else None
         self.dispatch_mode = s.spec.moe.dispatch
         self.hits: dict = {}              # (replica, stage) -> hit probabilities
         self.hits_by_pattern: dict = {}   # rank -> domain pattern -> the same, shared
@@ -578,7 +586,7 @@ class Simulation:
             dense = c.dense_phase(group_tokens, share * plan.kv_tokens, share * plan.attn_pairs)
             routing = expert = None
             if self.n_moe_layers:
-                routing = draw_routing(c, split_tokens(plan.tokens, c.G), self.popularity,
+                routing = draw_routing(c, split_tokens(plan.tokens, c.G), self.routing_table,
                                        self.rng_routing)
                 expert = c.expert_phase(routing.expert_tokens())
             w = shared["work"] = (group_tokens, dense, routing, expert)
@@ -673,7 +681,7 @@ class Simulation:
                     if x is not None:
                         self._fresh(x)          # raises Unroutable
             latency = np.array([x.t.latency if x is not None else 0.0 for x in xfers] + [0.0])
-            train = self.net.start_train(compute + latency[tl.slot], tl.slot,
+            train = self.net.start_train(compute + latency[tl.slot], tl.shape,
                                          [x.prep if x is not None else None for x in xfers],
                                          tl.labels, owner=r, tags=list(xfers))
         if train is None:
@@ -683,7 +691,7 @@ class Simulation:
             k = len(tl.slot) if res is None else res[0]
             for i, x in enumerate(xfers):
                 if x is not None:
-                    self._count_transfer(TRANSFER_KINDS[i], x,
+                    self._count_transfer(TRANSFER_KINDS[i], x, tl.uses[i] if res is None else
                                          int(np.count_nonzero(tl.slot[:k] == i)))
             if res is not None:
                 _, wait_left, flow = res
@@ -733,7 +741,7 @@ class Simulation:
             x = self._prepared(m.loads(size))
         wait = x.t.latency
         if self.use_trains and not detail:
-            train = self.net.start_train(np.array([wait]), np.array([0]), [x.prep],
+            train = self.net.start_train(np.array([wait]), self.send_shape, [x.prep],
                                          ["send_recv"], owner=r, tags=[x])
             if train is not None:
                 self._count_transfer("send_recv", x)
