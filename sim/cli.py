@@ -166,19 +166,19 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="print summary.json")] = False,
 ):
     """Simulate a scenario and write summary.json, CSV tables, trace.json and plots."""
-    from .engine.simulation import Simulation  # noqa: PLC0415 - keep `schema` fast
-    from .results.tables import build_tables  # noqa: PLC0415
-    from .results.write import summary_json, write_results  # noqa: PLC0415
+    import time  # noqa: PLC0415
 
     if fmt not in ("png", "svg"):
         raise typer.BadParameter("use png or svg", param_hint="--format")
-    import time  # noqa: PLC0415
-
     sim_start = time.time()
-    s = load_scenario(scenario)
-    sim = Simulation(s)
-    bar = _LazyProgress(f"simulating {s.spec.name or s.file}")
-    try:
+    try:   # Ctrl-C at any point (loading, compiling, running, writing) says what is left
+        from .engine.simulation import Simulation  # noqa: PLC0415 - keep `schema` fast
+        from .results.tables import build_tables  # noqa: PLC0415
+        from .results.write import summary_json, write_results  # noqa: PLC0415
+
+        s = load_scenario(scenario)
+        sim = Simulation(s)
+        bar = _LazyProgress(f"simulating {s.spec.name or s.file}")
         try:
             res = sim.run(progress=bar)
         finally:

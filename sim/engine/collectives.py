@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from ..cluster.topology import Cluster
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Transfer:
     links: np.ndarray
     load: np.ndarray        # bytes on each link
@@ -25,15 +26,12 @@ class Transfer:
 
 def pair_loads(cluster: Cluster, gpus: np.ndarray, matrix: np.ndarray,
                dst_gpus: np.ndarray | None = None) -> Transfer:
-    """Link loads of sending matrix[i, j] bytes from gpus[i] to dst_gpus[j] at once."""
+    """Link loads of sending matrix[i, j] bytes from gpus[i] to dst_gpus[j] at once (a GPU
+    sending to itself moves nothing)."""
     src = np.asarray(gpus)
     dst = src if dst_gpus is None else np.asarray(dst_gpus)
-    m = np.array(matrix, dtype=float)
-    if dst_gpus is None:
-        np.fill_diagonal(m, 0.0)
-    else:
-        m[src[:, None] == dst[None, :]] = 0.0
-    return _transfer(cluster, *_sides(cluster, src, dst, m), float(m.sum()))
+    out_links, out_v, in_links, in_v, latency, sent = _sides(cluster, src, dst, matrix)
+    return _transfer(out_links, out_v, in_links, in_v, latency, sent)
 
 
 def exchange_pair(cluster: Cluster, gpus: np.ndarray, matrix: np.ndarray) -> \
@@ -43,54 +41,107 @@ def exchange_pair(cluster: Cluster, gpus: np.ndarray, matrix: np.ndarray) -> \
     transpose puts each link's load on its mirror (a GPU's uplink carries what its
     downlink did)."""
     src = np.asarray(gpus)
-    m = np.array(matrix, dtype=float)
-    np.fill_diagonal(m, 0.0)
-    out_links, out_v, in_links, in_v, latency = _sides(cluster, src, src, m)
-    sent = float(m.sum())
-    return (_transfer(cluster, out_links, out_v, in_links, in_v, latency, sent),
-            _transfer(cluster, out_links, in_v, in_links, out_v, latency, sent))
+    out_links, out_v, in_links, in_v, latency, sent = _sides(cluster, src, src, matrix)
+    return (_transfer(out_links, out_v, in_links, in_v, latency, sent),
+            _transfer(out_links, in_v, in_links, out_v, latency, sent))
 
 
-def _sides(cluster: Cluster, src: np.ndarray, dst: np.ndarray, m: np.ndarray):
-    """Per tier, the links bytes leave by and the bytes on each (row sums), the links they
-    arrive by and theirs (column sums), and the latency: of the slowest tier used."""
+def _sides(cluster: Cluster, src: np.ndarray, dst: np.ndarray, matrix: np.ndarray):
+    """Per tier used, the links bytes leave by and the bytes on each (row sums), the links
+    they arrive by and theirs (column sums); the latency of the slowest tier used; and
+    the bytes sent in all."""
+    ns, nd, nl = len(src), len(dst), cluster.n_leaves
+    sums, any_i, any_x, any_s, sent = _link_sums(
+        np.asarray(matrix, dtype=float), src, dst, cluster.gpu_domain, cluster.gpu_leaf, nl)
+    up_i, down_i = sums[:ns], sums[ns:ns + nd]
+    up_x, down_x = sums[ns + nd:2 * ns + nd], sums[2 * ns + nd:2 * (ns + nd)]
+    leaf_u, leaf_d = sums[2 * (ns + nd):2 * (ns + nd) + nl], sums[2 * (ns + nd) + nl:]
     out_links, out_v, in_links, in_v = [], [], [], []
-    dom_s, dom_d = cluster.gpu_domain[src], cluster.gpu_domain[dst]
-    d0 = dom_s[0]
-    if (dom_s == d0).all() and (dom_d == d0).all():   # one scale-up domain (common case)
-        intra, cross = m, None
-    else:
-        same_dom = dom_s[:, None] == dom_d[None, :]
-        intra = np.where(same_dom, m, 0.0)
-        cross = m - intra
-        if not cross.any():
-            cross = None
     latency = 0.0
-    if intra.any():
+    if any_i:
         out_links.append(cluster.su_up[src])
-        out_v.append(intra.sum(axis=1))
+        out_v.append(up_i)
         in_links.append(cluster.su_down[dst])
-        in_v.append(intra.sum(axis=0))
+        in_v.append(down_i)
         latency = cluster.hardware.scale_up.latency
-    if cross is not None:
+    if any_x:
         out_links.append(cluster.nic_up[src])
-        out_v.append(cross.sum(axis=1))
+        out_v.append(up_x)
         in_links.append(cluster.nic_down[dst])
-        in_v.append(cross.sum(axis=0))
-        leaf_s, leaf_d = cluster.gpu_leaf[src], cluster.gpu_leaf[dst]
-        spine = np.where(leaf_s[:, None] != leaf_d[None, :], cross, 0.0)
-        if spine.any():
-            n_leaves = cluster.n_leaves
+        in_v.append(down_x)
+        if any_s:
             out_links.append(cluster.leaf_up)
-            out_v.append(np.bincount(leaf_s, weights=spine.sum(axis=1), minlength=n_leaves))
+            out_v.append(leaf_u)
             in_links.append(cluster.leaf_down)
-            in_v.append(np.bincount(leaf_d, weights=spine.sum(axis=0), minlength=n_leaves))
+            in_v.append(leaf_d)
         latency = cluster.hardware.scale_out.latency
-    return out_links, out_v, in_links, in_v, latency
+    return out_links, out_v, in_links, in_v, latency, sent
 
 
-def _transfer(cluster: Cluster, out_links: list, out_v: list, in_links: list, in_v: list,
-              latency: float, sent: float) -> Transfer:
+@numba.njit(cache=True, nogil=True)
+def _link_sums(m, src, dst, gpu_domain, gpu_leaf, n_leaves):   # pragma: no cover
+    """One pass over the pairs (compiled): bytes each sender puts on its scale-up uplink
+    (same domain) or NIC (other domains), each receiver's downlinks likewise, and each
+    leaf's spine up/downlinks (between leaves), packed in one array in that order; whether
+    each tier is used; bytes sent. A GPU sending to itself moves nothing."""
+    ns, nd = len(src), len(dst)
+    sums = np.zeros(2 * (ns + nd + n_leaves))   # one array back to Python, sliced there
+    up_i, down_i = sums[:ns], sums[ns:ns + nd]
+    up_x, down_x = sums[ns + nd:2 * ns + nd], sums[2 * ns + nd:2 * (ns + nd)]
+    leaf_u = sums[2 * (ns + nd):2 * (ns + nd) + n_leaves]
+    leaf_d = sums[2 * (ns + nd) + n_leaves:]
+    any_i = any_x = any_s = False
+    sent = 0.0
+    dom_d, leaf_of_d = np.empty(nd, np.int64), np.empty(nd, np.int64)
+    at = np.full(len(gpu_domain), -1, np.int64)      # GPU -> its position among dst
+    one_domain = True
+    for j in range(nd):
+        dom_d[j], leaf_of_d[j] = gpu_domain[dst[j]], gpu_leaf[dst[j]]
+        at[dst[j]] = j
+        one_domain &= dom_d[j] == dom_d[0]
+    for i in range(ns):
+        one_domain &= gpu_domain[src[i]] == dom_d[0]
+    if one_domain:     # the common case: row and column sums, around each self-send
+        for i in range(ns):
+            me = at[src[i]]
+            skip = me if me >= 0 else nd
+            row = 0.0
+            for j in range(skip):
+                row += m[i, j]
+                down_i[j] += m[i, j]
+            for j in range(skip + 1, nd):
+                row += m[i, j]
+                down_i[j] += m[i, j]
+            up_i[i] = row
+            sent += row
+        for i in range(ns):
+            any_i |= up_i[i] != 0.0
+        return sums, any_i, any_x, any_s, sent
+    for i in range(ns):
+        a = src[i]
+        da, la = gpu_domain[a], gpu_leaf[a]
+        for j in range(nd):
+            v = m[i, j]
+            if v == 0.0 or dst[j] == a:
+                continue
+            sent += v
+            if da == dom_d[j]:
+                up_i[i] += v
+                down_i[j] += v
+                any_i = True
+            else:
+                up_x[i] += v
+                down_x[j] += v
+                any_x = True
+                if la != leaf_of_d[j]:
+                    leaf_u[la] += v
+                    leaf_d[leaf_of_d[j]] += v
+                    any_s = True
+    return sums, any_i, any_x, any_s, sent
+
+
+def _transfer(out_links: list, out_v: list, in_links: list, in_v: list, latency: float,
+              sent: float) -> Transfer:
     if not out_links:
         return Transfer(np.zeros(0, np.int64), np.zeros(0), 0.0, 0.0)
     return Transfer(np.concatenate(out_links + in_links), np.concatenate(out_v + in_v),

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import math
 from array import array
 
+import numba
 import numpy as np
 import simpy
 
@@ -78,26 +79,116 @@ def _tick(now: float) -> float:
     return 4.0 * math.ulp(max(abs(now), 1.0))
 
 
-@dataclass(frozen=True)
 class Prepared:
     """A transfer's loads, normalised once and reusable for many identical flows (every MoE
     layer of a step sends the same pattern). Everything that does not depend on other flows
-    is precomputed here."""
+    is precomputed here (`Network.prepare`, one compiled pass). Treat as read-only."""
 
-    links: np.ndarray          # unique link ids
-    load: np.ndarray           # bytes per link / size (most loaded link = 1)
-    size: float                # bytes on the most loaded link
-    total: float               # bytes over all links
-    tier_weight: tuple         # per tier: sum of load x size / capacity (floats)
-    alone_bps: float           # bytes/s on its most loaded link when alone
-    alone_util: np.ndarray     # utilisation of its links when alone
-    alone_sat: np.ndarray      # its bottleneck links (saturated when alone)
-    alone_sat_tiers: np.ndarray
-    alone_tier_util: np.ndarray  # per tier: mean utilisation of its links when alone
-    alone_sat_mask: np.ndarray   # per tier: whether it holds one of its bottleneck links
-    alone_dur: float             # seconds alone (its most loaded link's drain time)
-    bind: np.ndarray             # its links that can bind (see Network._binding)
-    epoch: int = 0             # the capacities the alone_* figures were computed for
+    __slots__ = ("links", "load", "size", "total", "tier_weight", "alone_bps", "alone_util",
+                 "alone_sat", "alone_sat_tiers", "alone_tier_util", "alone_sat_mask",
+                 "alone_dur", "bind", "epoch")
+
+    def __init__(self, links, load, size, total, tier_weight, alone_bps, alone_util,
+                 alone_sat, alone_sat_tiers, alone_tier_util, alone_sat_mask, alone_dur,
+                 bind, epoch=0):
+        self.links = links                  # unique link ids
+        self.load = load                    # bytes per link / size (most loaded link = 1)
+        self.size = size                    # bytes on the most loaded link
+        self.total = total                  # bytes over all links
+        self.tier_weight = tier_weight      # per tier: sum of load x size / capacity (floats)
+        self.alone_bps = alone_bps          # bytes/s on its most loaded link when alone
+        self.alone_util = alone_util        # utilisation of its links when alone
+        self.alone_sat = alone_sat          # its bottleneck links (saturated when alone)
+        self.alone_sat_tiers = alone_sat_tiers
+        self.alone_tier_util = alone_tier_util  # per tier: mean utilisation of its links alone
+        self.alone_sat_mask = alone_sat_mask    # per tier: holds one of its bottleneck links
+        self.alone_dur = alone_dur          # seconds alone (its most loaded link's drain time)
+        self.bind = bind                    # its links that can bind (see Network._binding)
+        self.epoch = epoch                  # the capacities alone_* were computed for
+
+
+@numba.njit(cache=True, nogil=True)
+def _prepare(links, load, capacity, tier, binding, tier_links):   # pragma: no cover
+    """Network.prepare's arithmetic in one compiled pass over a transfer's links (those
+    with no load dropped), packed in three arrays (each array handed back to Python
+    costs about a microsecond): `ints` = links | saturated links | binding links |
+    saturated tiers, `per_link` = normalised load | utilisation alone, `per_tier` =
+    weight | mean utilisation alone | holds a saturated link (0/1); then the counts
+    (links, saturated, binding) and size, total, bytes/s alone, seconds alone."""
+    n = 0
+    for i in range(len(load)):
+        if load[i] > 0:
+            n += 1
+    n_tiers = len(tier_links)
+    ids = np.empty(n, np.int64)
+    per_link = np.empty(2 * n)          # kept load (then normalised) | drain (then util)
+    size = slowest = total = 0.0
+    k = 0
+    for i in range(len(load)):
+        if load[i] > 0:
+            ids[k] = links[i]
+            per_link[k] = load[i]
+            per_link[n + k] = load[i] / capacity[links[i]]   # seconds alone at full rate
+            total += load[i]
+            size = max(size, load[i])
+            slowest = max(slowest, per_link[n + k])
+            k += 1
+    per_tier = np.zeros(3 * n_tiers)
+    n_sat = n_bind = 0
+    for i in range(n):
+        t = tier[ids[i]]
+        per_tier[t] += per_link[n + i] / size      # utilisation per byte/s on the top link
+        per_link[i] /= size
+        per_link[n + i] /= slowest
+        if per_link[n + i] >= SATURATED:
+            per_tier[2 * n_tiers + t] = 1.0
+            n_sat += 1
+        n_bind += binding[ids[i]] > 0
+    n_st = 0
+    for t in range(n_tiers):
+        n_st += per_tier[2 * n_tiers + t] > 0
+    ints = np.empty(n + n_sat + n_bind + n_st, np.int64)
+    ints[:n] = ids
+    a, b = n, n + n_sat
+    for i in range(n):
+        if per_link[n + i] >= SATURATED:
+            ints[a] = ids[i]
+            a += 1
+        if binding[ids[i]] > 0:
+            ints[b] = ids[i]
+            b += 1
+    for t in range(n_tiers):
+        if per_tier[2 * n_tiers + t] > 0:
+            ints[b] = t
+            b += 1
+    bps = size / slowest if n else 0.0
+    for t in range(n_tiers):
+        per_tier[n_tiers + t] = per_tier[t] * bps / max(tier_links[t], 1)
+    return ints, per_link, per_tier, n, n_sat, n_bind, size, total, bps, slowest
+
+
+@numba.njit(cache=True, nogil=True)
+def _reserve_train(links, reserved, pool_count, train, waits, pidx, xdur,
+                   now):   # pragma: no cover
+    """Network.start_train's arithmetic (compiled): if no train or shared flow holds any
+    of `links`, reserve them for `train` and return the absolute end of each of its
+    [wait0, xfer0, wait1, xfer1, ...] and how many of those take time; else an empty
+    array. Segment k waits waits[k], then runs transfer pidx[k] for xdur[pidx[k]]."""
+    for i in range(len(links)):
+        if reserved[links[i]] >= 0 or pool_count[links[i]] != 0:
+            return np.empty(0), 0
+    for i in range(len(links)):
+        reserved[links[i]] = train
+    ends = np.empty(2 * len(waits))
+    acc = 0.0
+    events = 0
+    for k in range(len(waits)):
+        acc += waits[k]
+        ends[2 * k] = now + acc
+        acc += xdur[pidx[k]]           # pidx -1: the last entry, 0 (nothing moves)
+        ends[2 * k + 1] = now + acc
+        events += (waits[k] != 0.0) + (xdur[pidx[k]] != 0.0)
+    return ends, events
 
 
 @dataclass
@@ -248,27 +339,16 @@ class Network:
 
     def prepare(self, links: np.ndarray, load: np.ndarray) -> Prepared | None:
         """Normalise a transfer's loads (links must be unique); None if it moves nothing."""
-        load = np.asarray(load, dtype=float)
-        links = np.asarray(links, dtype=np.int64)
-        keep = load > 0
-        if not keep.all():
-            links, load = links[keep], load[keep]
-        if len(links) == 0:
+        ints, per_link, per_tier, n, n_sat, n_bind, size, total, bps, slowest = _prepare(
+            np.asarray(links, dtype=np.int64), np.asarray(load, dtype=float),
+            self.capacity, self.tier, self._binding, self.tier_links)
+        if not n:
             return None
-        drain = load / self.capacity[links]    # seconds per link when alone at full rate
-        size, slowest = float(load.max()), float(drain.max())
-        alone_util = drain / slowest
-        hot = alone_util >= SATURATED
-        sat = links[hot]
-        # per tier: sum over its links of utilisation per byte/s on the most loaded link
-        tier = self.tier[links]
-        weight = np.bincount(tier, weights=drain / size, minlength=self.n_tiers)
-        sat_mask = np.bincount(tier[hot], minlength=self.n_tiers) > 0
-        alone_bps = size / slowest
-        return Prepared(links, load / size, size, float(load.sum()),
-                        tuple(float(w) for w in weight), alone_bps, alone_util, sat,
-                        np.flatnonzero(sat_mask), weight * alone_bps / self._tier_links1,
-                        sat_mask, slowest, links[self._binding[links] > 0], self._epoch)
+        T = self.n_tiers
+        return Prepared(ints[:n], per_link[:n], size, total, tuple(per_tier[:T].tolist()),
+                        bps, per_link[n:], ints[n:n + n_sat], ints[n + n_sat + n_bind:],
+                        per_tier[T:2 * T], per_tier[2 * T:] > 0, slowest,
+                        ints[n + n_sat:n + n_sat + n_bind], self._epoch)
 
     def start(self, prep: Prepared | None, label: str = "", owner: int = -1,
               tag: object = None) -> simpy.Event:
@@ -389,24 +469,22 @@ class Network:
         if not used or any(p.epoch != self._epoch for p in used):
             return None
         links = np.concatenate([p.bind for p in used]) if len(used) > 1 else used[0].bind
-        if (self._reserved[links] >= 0).any() or self._pool_count[links].any():
-            return None
         m = shape.moving(tuple(p is not None for p in preps))
         xdur = np.array([p.alone_dur if p is not None else 0.0 for p in preps] + [0.0])
-        durs = np.empty(2 * len(waits))
-        durs[0::2] = waits
-        durs[1::2] = xdur[m.pidx]
         now = self.env.now
-        ends = now + np.cumsum(durs)          # [wait0, xfer0, wait1, xfer1, ...]
+        ends, events = _reserve_train(links, self._reserved, self._pool_count,
+                                      self._next_train, np.asarray(waits, dtype=float),
+                                      m.pidx, xdur, now)
+        if not len(ends):   # another flow or train holds one of its links
+            return None
         moved = 0.0
         for c, p in zip(m.uses, preps):
             if c:
                 moved += c * p.total
         t = Train(self._next_train, links, now, ends, preps, m, labels, owner,
-                  self.env.event(), tags, moved, int(np.count_nonzero(durs)))
+                  self.env.event(), tags, moved, events)
         self._next_train += 1
         self.trains[t.id] = t
-        self._reserved[links] = t.id
         ev = self.env.timeout(float(ends[-1] - now))
         ev.callbacks.append(lambda _e, t=t: self._train_done(t))
         return t.done

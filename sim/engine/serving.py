@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 WAITING, RUNNING, DONE, DROPPED, FAILED = 0, 1, 2, 3, 4   # FAILED: killed by a fault
@@ -98,33 +99,81 @@ class Slot:
         self.pre = np.concatenate([self.pre, prompt - cached])
 
     def plan(self, prefill: str, chunk_tokens: int) -> StepPlan:
-        decode = self.pre == 0
-        waiting = self.pre
-        budget = chunk_tokens
-        before = np.cumsum(waiting) - waiting
-        take = np.clip(budget - before, 0, waiting).astype(np.int64)
-        if prefill == "separate" and take.any():
-            decode = np.zeros_like(decode)
-        n_dec = int(decode.sum())
-        n_pre = int(take.sum())
-        ctx = self.ctx
-        kv = float(ctx[decode].sum() + (ctx + take)[take > 0].sum())
-        pairs = float(ctx[decode].sum() + (take * (ctx + (take + 1) / 2.0)).sum())
+        decode, take, n_dec, n_pre, kv, pairs = _plan(self.pre, self.ctx, chunk_tokens,
+                                                      prefill == "separate")
         return StepPlan(decode, take, n_dec + n_pre, n_pre, kv, pairs)
 
     def advance(self, plan: StepPlan) -> tuple[np.ndarray, np.ndarray, int]:
         """Apply a finished step. Returns (ids with a first token now, ids finished now,
         output tokens produced)."""
-        self.ctx += plan.take
-        self.pre -= plan.take
-        first = (plan.take > 0) & (self.pre == 0)
-        produced = plan.decode | first
-        self.ctx += produced
-        self.rem -= produced
-        done = self.rem <= 0
-        first_ids, done_ids = self.ids[first], self.ids[done]
-        if done.any():
-            keep = ~done
-            self.ids, self.ctx = self.ids[keep], self.ctx[keep]
-            self.rem, self.pre = self.rem[keep], self.pre[keep]
-        return first_ids, done_ids, int(produced.sum())
+        first_ids, done_ids, produced, keep = _advance(self.ids, self.ctx, self.rem,
+                                                       self.pre, plan.decode, plan.take)
+        if keep < len(self.ids):
+            self.ids, self.ctx = self.ids[:keep], self.ctx[:keep]
+            self.rem, self.pre = self.rem[:keep], self.pre[:keep]
+        return first_ids, done_ids, produced
+
+
+@numba.njit(cache=True, nogil=True)
+def _plan(pre, ctx, budget, separate):   # pragma: no cover
+    """A step's plan in one compiled pass: sequences with their prompt done decode; prompt
+    tokens are taken FIFO up to `budget`; under `separate` a step with prompt work
+    carries only that. Returns (decode mask, tokens taken per sequence, decoding
+    sequences, prompt tokens, context tokens read, query x context pairs)."""
+    n = len(pre)
+    decode = np.empty(n, np.bool_)
+    take = np.empty(n, np.int64)
+    before = 0
+    any_take = False
+    for i in range(n):
+        take[i] = min(max(budget - before, 0), pre[i])
+        before += pre[i]
+        decode[i] = pre[i] == 0
+        any_take |= take[i] > 0
+    if separate and any_take:
+        decode[:] = False
+    n_dec = n_pre = dec_ctx = pre_ctx = 0
+    pre_pairs = 0.0
+    for i in range(n):
+        if decode[i]:
+            n_dec += 1
+            dec_ctx += ctx[i]
+        if take[i] > 0:
+            n_pre += take[i]
+            pre_ctx += ctx[i] + take[i]
+            pre_pairs += take[i] * (ctx[i] + (take[i] + 1) / 2.0)
+    return decode, take, n_dec, n_pre, float(dec_ctx + pre_ctx), dec_ctx + pre_pairs
+
+
+@numba.njit(cache=True, nogil=True)
+def _advance(ids, ctx, rem, pre, decode, take):   # pragma: no cover
+    """Apply a step in place (compiled): prompt tokens taken join the context; a sequence
+    that decoded, or finished its prompt, produced a token. Finished sequences are
+    dropped by moving the rest forward (order kept). Returns (ids with a first token,
+    ids finished, tokens produced, sequences kept)."""
+    n = len(ids)
+    n_first = n_done = produced = 0
+    for i in range(n):
+        ctx[i] += take[i]
+        pre[i] -= take[i]
+        first = take[i] > 0 and pre[i] == 0
+        if decode[i] or first:
+            ctx[i] += 1
+            rem[i] -= 1
+            produced += 1
+        n_first += first
+        n_done += rem[i] <= 0
+    first_ids = np.empty(n_first, np.int64)
+    done_ids = np.empty(n_done, np.int64)
+    a = b = keep = 0
+    for i in range(n):
+        if take[i] > 0 and pre[i] == 0:
+            first_ids[a] = ids[i]
+            a += 1
+        if rem[i] <= 0:
+            done_ids[b] = ids[i]
+            b += 1
+        else:
+            ids[keep], ctx[keep], rem[keep], pre[keep] = ids[i], ctx[i], rem[i], pre[i]
+            keep += 1
+    return first_ids, done_ids, produced, keep

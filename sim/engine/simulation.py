@@ -42,6 +42,11 @@ from .serving import DONE, DROPPED, FAILED, RUNNING, RequestTable, Slot
 
 
 ARRIVAL_CHUNK = 4096  # open arrivals are generated this many at a time
+# offer open arrivals in batches (Simulation._feeder); False: each at its own event, as a
+# reference the tests compare against
+BATCH_ARRIVALS = True
+# prepared stage-boundary sends kept per boundary, by token count (a few MB at most)
+BOUNDARY_CACHE = 4096
 # the link-utilisation series: this many bins over the run (`requests:` runs, whose length is
 # not known ahead, use bins of SERIES_DEFAULT_SPAN / SERIES_BINS)
 SERIES_BINS = 20000
@@ -205,7 +210,9 @@ class Simulation:
         self.dispatch_mode = s.spec.moe.dispatch
         self.hits: dict = {}              # (replica, stage) -> hit probabilities
         self.hits_by_pattern: dict = {}   # rank -> domain pattern -> the same, shared
-        self.boundary_maps: dict = {}     # (replica, stage) -> its send to the next stage
+        # (replica, stage) -> its send to the next stage: the link map, and the prepared
+        # transfer per token count (at most BOUNDARY_CACHE of them)
+        self.boundary_sends: dict = {}
         self.R, self.P, self.M = lay.data_parallel, lay.pipeline_parallel, lay.n_microbatches
         self.warmup = s.workload.warmup_s
         self.req = RequestTable()
@@ -241,6 +248,12 @@ class Simulation:
             lay.n_microbatches
         self.arrived_in_window = 0
         self.dropped_in_window = 0
+        # open arrivals not offered yet (_catch_up): the current chunk and the next one's place
+        self._chunks = iter(())
+        self._pending: tuple = (np.zeros(0), None, None)
+        self._pending_at = 0
+        self._offered = 0                 # open arrivals offered so far
+        self._feeder_parked: simpy.Event | None = None
         self.all_done = self.env.event()
         self.batching = s.batching
         self.prefill = getattr(self.batching, "prefill", "chunked")
@@ -345,18 +358,65 @@ class Simulation:
         self._enqueue(r, self.req.add(at, prompt, output, r))
 
     def _feeder(self):
-        """One process for all open arrivals, dealt to replicas round robin."""
-        env, k = self.env, 0
-        for times, prompts, outputs in self._arrival_chunks():
-            for t, p, o in zip(times.tolist(), prompts.tolist(), outputs.tolist()):
+        """One process for all open arrivals, dealt to replicas round robin. Arrivals are
+        offered in batches by `_catch_up`, which every reader of the queues calls first
+        (admission, replica stops and restarts, the end of the run): between two admissions
+        a queue only grows, so an arrival offered late finds the queue it would have found
+        on time, and costs no event. The feeder itself wakes at an arrival's time only when
+        that time matters: while some microbatch waits for work, and in runs that end after
+        a number of requests (a dropped or failed arrival may be the last to finish)."""
+        env = self.env
+        timed = self.scenario.workload.duration_s is not None and BATCH_ARRIVALS
+        while self._next_arrival() is not None:
+            if timed and not any(self.waiters):
+                self._feeder_parked = env.event()
+                yield self._feeder_parked     # until a microbatch waits for work
+                self._feeder_parked = None
+            else:
+                t = self._next_arrival()
                 if t > env.now:
                     yield env.timeout(t - env.now)
-                self._offer(k % self.R if self.n_alive == self.R else self._pick(k), t, p, o)
-                k += 1
+            self._catch_up()
         if self.target_requests is not None:  # a trace may hold fewer than asked
-            self.target_requests = k
-            if self.finished >= k and not self.all_done.triggered:
+            self.target_requests = self._offered
+            if self.finished >= self._offered and not self.all_done.triggered:
                 self.all_done.succeed()
+
+    def _next_arrival(self) -> float | None:
+        """The time of the next open arrival not offered yet (None: there is none)."""
+        while self._pending_at >= len(self._pending[0]):
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return None
+            self._pending, self._pending_at = chunk, 0
+        return float(self._pending[0][self._pending_at])
+
+    def _catch_up(self) -> None:
+        """Offer every open arrival due by now, in order: at once when no queue can fill up
+        and every replica is live (the common case), else one by one (`_offer`)."""
+        now, R = self.env.now, self.R
+        while (t := self._next_arrival()) is not None and t <= now:
+            times, prompts, outputs = self._pending
+            i = self._pending_at
+            j = int(np.searchsorted(times, now, side="right"))
+            k0 = self._offered
+            n = j - i
+            per = np.bincount((np.arange(k0, k0 + n) % R), minlength=R)
+            if self.n_alive == R and all(len(q) + c <= self.max_queue
+                                         for q, c in zip(self.queues, per.tolist())):
+                ids = self.req.add(times[i:j], prompts[i:j], outputs[i:j],
+                                   np.arange(k0, k0 + n) % R)
+                self.arrived_in_window += int(np.count_nonzero(times[i:j] >= self.warmup))
+                for r in range(R):
+                    if per[r]:
+                        self.queues[r].extend(ids[(r - k0) % R::R].tolist())
+                        self._wake(r)
+            else:
+                for k, (a, p, o) in enumerate(zip(times[i:j].tolist(), prompts[i:j].tolist(),
+                                                  outputs[i:j].tolist()), start=k0):
+                    self._offer(k % R if self.n_alive == R else self._pick(k), a, p, o)
+            self._offered += n
+            self._pending_at = j
 
     def _pick(self, k: int) -> int:
         """Round robin over the live replicas (-1 when none is)."""
@@ -402,11 +462,13 @@ class Simulation:
             for c in range(w.arrival.concurrency):
                 self._new_closed_request(c % self.R, 0.0)
             return
+        self._chunks = self._arrival_chunks()
         self.env.process(self._feeder())
 
     # ------------------------------------------------------------------ batching
 
     def _admit(self, r: int, j: int) -> None:
+        self._catch_up()
         q, slot, req = self.queues[r], self.slots[r][j], self.req
         cap = self.batching.max_batch
         new = []
@@ -449,6 +511,8 @@ class Simulation:
     def _wait_for_work(self, r: int) -> simpy.Event:
         ev = self.env.event()
         self.waiters[r].append(ev)
+        if self._feeder_parked is not None and not self._feeder_parked.triggered:
+            self._feeder_parked.succeed()   # arrivals matter on time from now
         return ev
 
     def _next_departure(self, j: int) -> float:
@@ -731,14 +795,21 @@ class Simulation:
         """Stage s hands its activations to stage s + 1, GPU by GPU (a send/recv): as a
         one-transfer train when its links are free (exact, one event), else as a flow."""
         a, b = self.placement.group(r, s), self.placement.group(r, s + 1)
-        size = split_tokens(plan.tokens, len(a)) * self.costs.activation_bytes
         if self.router is not None:   # faults: routed around down links
+            size = split_tokens(plan.tokens, len(a)) * self.costs.activation_bytes
             x = self._prepare(a, np.diag(size.astype(float)), b)  # as collectives.send_recv
-        else:
-            m = self.boundary_maps.get((r, s))
-            if m is None:
-                m = self.boundary_maps[(r, s)] = coll.message_map(self.cluster, a, b)
-            x = self._prepared(m.loads(size))
+        else:   # depends on the step's token count only: prepared once per count
+            sends = self.boundary_sends.get((r, s))
+            if sends is None:
+                sends = self.boundary_sends[(r, s)] = (
+                    coll.message_map(self.cluster, a, b), {})
+            m, by_tokens = sends
+            x = by_tokens.get(plan.tokens)
+            if x is None:
+                if len(by_tokens) >= BOUNDARY_CACHE:
+                    by_tokens.clear()
+                size = split_tokens(plan.tokens, len(a)) * self.costs.activation_bytes
+                x = by_tokens[plan.tokens] = self._prepared(m.loads(size))
         wait = x.t.latency
         if self.use_trains and not detail:
             train = self.net.start_train(np.array([wait]), self.send_shape, [x.prep],
@@ -787,6 +858,7 @@ class Simulation:
         it holds (running or queued) fails, counted. Returns how many failed."""
         from .faults import StopEvent  # noqa: PLC0415
 
+        self._catch_up()   # arrivals before the stop find it live
         if not self.alive[r]:
             return 0
         env, now, req = self.env, self.env.now, self.req
@@ -831,6 +903,7 @@ class Simulation:
 
     def _restart_replica(self, r: int) -> None:
         """A stopped replica comes back empty (restart_replica policy)."""
+        self._catch_up()   # arrivals before the restart find it stopped
         self.restarts_pending -= 1
         if self.alive[r]:
             return
@@ -891,6 +964,7 @@ class Simulation:
         self.gpu_network[gpus] += np.maximum(inside - (comp + mem) * share, 0.0)
 
     def _result(self, end: float, wall: float) -> EngineResult:
+        self._catch_up()         # every arrival up to the end is offered
         self.net.finish_stats()  # bring link statistics up to the end
         self._account_unfinished(end)
         window = end - self.warmup
