@@ -1,6 +1,6 @@
 """The compiled multinomial sampler (sim.engine.sampling) draws the multinomial distribution:
-outcome by outcome against an independent inversion, by pmf goodness of fit, by moments,
-and by the properties every draw must have."""
+outcome by outcome against an independent inversion fed the same uniforms, by pmf goodness
+of fit, by moments, and by the properties every draw must have."""
 
 from __future__ import annotations
 
@@ -10,56 +10,126 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from sim.engine.sampling import LogFactorials, categories, multinomial
+from sim.engine.sampling import _FROM_ZERO, LogFactorials, categories, multinomial
+
+M64 = 2**64
 
 
-class Uniforms:
-    """Stands in for a Generator: hands out the given uniforms."""
+class Seeded:
+    """Stands in for a Generator whose one uniform carries the given 53-bit seed."""
 
-    def __init__(self, u):
-        self.u = np.asarray(u, dtype=float)
+    def __init__(self, seed: int):
+        assert 0 <= seed < 2**53
+        self.seed = seed
 
-    def random(self, n):
-        assert n == len(self.u)
-        return self.u
+    def random(self):
+        return self.seed / 2**53
 
 
-def reference_binomial(n: int, p: float, U: float) -> int:
-    """Inversion in the order m, m+1, m-1, m+2, ... with scipy's pmf (written apart from
-    the sampler: no shared recurrences)."""
-    m = min(int((n + 1) * p), n)
-    order = [m]
-    for d in range(1, n + 1):
-        order += [x for x in (m + d, m - d) if 0 <= x <= n]
-    pmf = stats.binom.pmf(np.array(order), n, p)
-    k = int(np.searchsorted(np.cumsum(pmf), U))
-    return order[min(k, len(order) - 1)]
+def splitmix64(state: int) -> tuple[int, int]:
+    """(next state, output), after Vigna's splitmix64.c."""
+    state = (state + 0x9E3779B97F4A7C15) % M64
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % M64
+    return state, z ^ (z >> 31)
+
+
+def reference_uniforms(seed: int, count: int) -> np.ndarray:
+    """xoshiro256+ after Blackman and Vigna's xoshiro256plus.c, seeded with four SplitMix64
+    outputs; each uniform is an output's 53 upper bits / 2^53 (Python integers: written
+    apart from the sampler's compiled generator)."""
+    state, s = seed % M64, []
+    for _ in range(4):
+        state, z = splitmix64(state)
+        s.append(z)
+    u = []
+    for _ in range(count):
+        u.append(((s[0] + s[3]) % M64 >> 11) / 2**53)
+        t = (s[1] << 17) % M64
+        s[2] ^= s[0]
+        s[3] ^= s[1]
+        s[1] ^= s[2]
+        s[0] ^= s[3]
+        s[2] ^= t
+        s[3] = ((s[3] << 45) | (s[3] >> 19)) % M64
+    return np.array(u)
+
+
+def from_zero(n: int, p: float) -> bool:
+    """The sampler's choice of order: from zero when P(X = 0) >= exp(-_FROM_ZERO)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return bool(n * np.log1p(-p) >= -_FROM_ZERO)
+
+
+def reference_binomial(n: int, p: float, U) -> np.ndarray:
+    """The outcome of each uniform in U by inversion with scipy's pmf (written apart from
+    the sampler: no shared recurrences) in the order 0, 1, 2, ... when from_zero(n, p),
+    else m, m+1, m-1, m+2, ..."""
+    if from_zero(n, p):
+        order = list(range(n + 1))
+    else:
+        m = min(int((n + 1) * p), n)
+        order = [m]
+        for d in range(1, n + 1):
+            order += [x for x in (m + d, m - d) if 0 <= x <= n]
+    cdf = np.cumsum(stats.binom.pmf(np.array(order), n, p))
+    k = np.searchsorted(cdf, np.asarray(U, dtype=float))
+    return np.array(order)[np.minimum(k, n)]
+
+
+def test_splitmix64_gives_its_published_outputs():
+    state, out = 0, []
+    for _ in range(4):
+        state, z = splitmix64(state)
+        out.append(z)
+    assert out == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F,
+                   0xF88BB8A8724C81EC]
 
 
 def test_each_uniform_gives_the_outcome_of_an_independent_inversion():
-    rng = np.random.default_rng(7)
     logf = LogFactorials()
-    cases = [(n, p) for n in (1, 2, 7, 40, 1100) for p in (0.003, 1 / 64, 0.3, 0.5, 0.8)]
+    cases = [(n, p) for n in (1, 2, 7, 40, 72, 73, 1100) for p in (0.003, 1 / 64, 0.3, 0.5, 0.8)]
     cases += [(20000, 0.01), (20000, 0.5)]
-    for n, p in cases:
-        u = rng.random(300)
-        got = multinomial(Uniforms(u), np.full(300, n), categories([p, 1 - p]), logf)[:, 0]
-        want = [reference_binomial(n, p, x) for x in u]
-        assert got.tolist() == want, (n, p)
+    orders = {from_zero(n, p) for n, p in cases}
+    assert orders == {True, False}              # both orders are exercised
+    for seed, (n, p) in enumerate(cases):
+        seed = seed * 0x5851F42D4C957F2D % 2**53   # seeds spread over their 53 bits
+        u = reference_uniforms(seed, 1000)
+        got = multinomial(Seeded(seed), np.full(1000, n), categories([p, 1 - p]), logf)[:, 0]
+        assert got.tolist() == reference_binomial(n, p, u).tolist(), (n, p)
 
 
-@pytest.mark.parametrize("n, p", [(3, 0.01), (10, 0.3), (1100, 1 / 64), (1100, 0.7),
-                                  (20000, 0.3), (50, 0.999)])
-def test_binomials_fit_their_pmf(n, p):
-    """Chi-square against the exact pmf (tails merged to at least 5 expected); a sampler
-    off by a fraction of a percent in any region of the support fails."""
-    draws = 40000
-    x = multinomial(np.random.default_rng(11), np.full(draws, n), categories([p, 1 - p]),
-                    LogFactorials())
-    assert (x.sum(axis=1) == n).all()
-    k = np.arange(n + 1)
-    expected = stats.binom.pmf(k, n, p) * draws
-    observed = np.bincount(x[:, 0], minlength=n + 1).astype(float)
+@pytest.mark.parametrize("shared", [True, False])
+def test_each_row_is_the_chain_of_an_independent_inversion(shared):
+    """Rows of many sizes (both orders in one column) and K = 6 categories, one distribution
+    for all rows or one per row: category j of row i is the reference binomial of what the
+    categories before it left, with the uniform j * rows + i."""
+    rng = np.random.default_rng(9)
+    rows, K, seed = 80, 6, 2024
+    p = rng.dirichlet(np.ones(K), size=1 if shared else rows)
+    p[:, 3] = 0.0
+    n = rng.choice([0, 1, 5, 30, 200, 900, 5000], size=rows)
+    got = multinomial(Seeded(seed), n, categories(p), LogFactorials(16))
+    u = reference_uniforms(seed, rows * (K - 1)).reshape(K - 1, rows)
+    p = p / p.sum(axis=1, keepdims=True)
+    for i in range(rows):
+        pi = p[0 if shared else i]
+        left = int(n[i])
+        for j in range(K - 1):
+            cond = min(pi[j] / pi[j:].sum(), 1.0)
+            x = int(reference_binomial(left, cond, u[j, i]))
+            assert got[i, j] == x, (i, j)
+            left -= x
+        assert got[i, K - 1] == left
+
+
+def assert_fits_pmf(x: np.ndarray, n: int, p: float):
+    """Chi-square of draws x against the binomial(n, p) pmf (tails merged to at least 5
+    expected); a sampler off by a fraction of a percent in any region of the support fails."""
+    draws = len(x)
+    expected = stats.binom.pmf(np.arange(n + 1), n, p) * draws
+    observed = np.bincount(x, minlength=n + 1).astype(float)
     # merge outcomes into bins of at least 5 expected
     edges, acc = [], 0.0
     for i, e in enumerate(expected):
@@ -72,7 +142,28 @@ def test_binomials_fit_their_pmf(n, p):
     exp = np.add.reduceat(expected, [0] + edges[:-1])
     exp *= obs.sum() / exp.sum()
     if len(obs) > 1:
-        assert stats.chisquare(obs, exp).pvalue > 1e-4
+        assert stats.chisquare(obs, exp).pvalue > 1e-4, (n, p)
+
+
+@pytest.mark.parametrize("n, p", [(3, 0.01), (10, 0.3), (1100, 1 / 64), (1100, 0.7),
+                                  (20000, 0.3), (50, 0.999), (72, 0.5), (73, 0.5)])
+def test_binomials_fit_their_pmf(n, p):
+    x = multinomial(np.random.default_rng(11), np.full(40000, n), categories([p, 1 - p]),
+                    LogFactorials())
+    assert (x.sum(axis=1) == n).all()
+    assert_fits_pmf(x[:, 0], n, p)
+
+
+def test_rows_of_their_own_sizes_and_distributions_fit_their_pmf():
+    """Rows of three kinds interleaved in one call (per-row probabilities, both orders in
+    every column): each kind fits its own pmf."""
+    kinds = [(12, 0.2), (60, 0.55), (3000, 0.3)]
+    which = np.arange(60000) % 3
+    n = np.array([kinds[k][0] for k in which])
+    p = np.array([[kinds[k][1], 1 - kinds[k][1]] for k in which])
+    x = multinomial(np.random.default_rng(12), n, categories(p), LogFactorials())
+    for k, (nk, pk) in enumerate(kinds):
+        assert_fits_pmf(x[which == k, 0], nk, pk)
 
 
 def test_routing_sized_rows_have_multinomial_moments():

@@ -75,6 +75,8 @@ class LayerCosts:
         flops = 2.0 * self.expert_params * per_rank.sum(axis=1) / self.tp
         mem = (per_rank > 0).sum(axis=1) * self.expert_params * self.bpp / self.tp
         t, cb = op_time(flops, mem, self.flops, self.bandwidth)
+        if self.tp == 1:
+            return t, cb
         return np.repeat(t, self.tp), np.repeat(cb, self.tp)
 
 

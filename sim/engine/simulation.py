@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 import simpy
 
@@ -200,6 +201,10 @@ class Simulation:
         bounds = np.cumsum([0, *stage_layers(m.layers, lay.pipeline_parallel)])
         self.stage_moe = [flags[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         self.n_moe_layers = int(flags.sum())
+        self.stage_layers = [(int(f.sum()), len(f)) for f in self.stage_moe]  # (MoE, all)
+        G = lay.stage_gpus
+        self.no_slowdown = np.ones(G)                       # no straggler: op times as is
+        self.no_time, self.no_bound = np.zeros(G), np.zeros(G, dtype=bool)   # no MoE part
         self.timelines = [stage_timeline(f, lay.tensor_parallel, lay.expert_parallel)
                           for f in self.stage_moe]
         self.send_shape = TrainShape(np.array([0]))   # a stage boundary: a wait, the send
@@ -401,16 +406,16 @@ class Simulation:
             j = int(np.searchsorted(times, now, side="right"))
             k0 = self._offered
             n = j - i
-            per = np.bincount((np.arange(k0, k0 + n) % R), minlength=R)
-            if self.n_alive == R and all(len(q) + c <= self.max_queue
-                                         for q, c in zip(self.queues, per.tolist())):
+            room = self.max_queue - n          # each replica gets at most n of them
+            if self.n_alive == R and all(len(q) <= room for q in self.queues):
                 ids = self.req.add(times[i:j], prompts[i:j], outputs[i:j],
-                                   np.arange(k0, k0 + n) % R)
-                self.arrived_in_window += int(np.count_nonzero(times[i:j] >= self.warmup))
-                for r in range(R):
-                    if per[r]:
-                        self.queues[r].extend(ids[(r - k0) % R::R].tolist())
-                        self._wake(r)
+                                   np.arange(k0, k0 + n) % R).tolist()
+                self.arrived_in_window += n if times[i] >= self.warmup else \
+                    int(np.count_nonzero(times[i:j] >= self.warmup))
+                for m in range(min(R, n)):     # arrivals k0 + m, k0 + m + R, ... go to
+                    r = (k0 + m) % R           # replica (k0 + m) % R
+                    self.queues[r].extend(ids[m::R])
+                    self._wake(r)
             else:
                 for k, (a, p, o) in enumerate(zip(times[i:j].tolist(), prompts[i:j].tolist(),
                                                   outputs[i:j].tolist()), start=k0):
@@ -679,27 +684,15 @@ class Simulation:
         gpus = self.placement.group(r, s)
         ep, tp = c.ep, c.tp
         group_tokens, (dense_t, dense_cb), routing, expert = self._step_work(plan, shared)
-        slow = self.slow[gpus] if self.slow is not None else None  # stragglers
-        if slow is not None:
-            dense_t = dense_t * slow
-        moe = self.stage_moe[s]
-        n_moe = int(moe.sum())
-        n_layers = len(moe)
-        comp = dense_t * dense_cb * n_layers
-        mem = dense_t * ~dense_cb * n_layers
-        exp_t = None
-        if n_moe:
-            exp_t, exp_cb = expert
-            if slow is not None:
-                exp_t = exp_t * slow
-            comp = comp + exp_t * exp_cb * n_moe
-            mem = mem + exp_t * ~exp_cb * n_moe
-            if ep > 1:
-                disp, comb = self._dispatch_pair(gpus, routing, self._hits(r, s, gpus), shared)
+        slow = self.slow[gpus] if self.slow is not None else self.no_slowdown  # stragglers
+        n_moe, n_layers = self.stage_layers[s]
+        exp_t, exp_cb = expert if n_moe else (self.no_time, self.no_bound)
+        comp, mem, t_dense, t_exp = _stage_ops(dense_t, dense_cb, n_layers, exp_t, exp_cb,
+                                               n_moe, slow)
+        if n_moe and ep > 1:
+            disp, comb = self._dispatch_pair(gpus, routing, self._hits(r, s, gpus), shared)
         if tp > 1:
             ar = self._tp_all_reduce(gpus, group_tokens)
-        t_dense = float(dense_t.max())
-        t_exp = float(exp_t.max()) if exp_t is not None else 0.0
         start = env.now
         self.holding[(r, s)] = (start, gpus, comp, mem)
         mark = start
@@ -837,11 +830,9 @@ class Simulation:
         inside = max(0.0, end - max(start, self.warmup))
         if inside <= 0 or dur <= 0:
             return
-        f = inside / dur
         self.stage_busy[r, s] += inside
-        self.gpu_compute[gpus] += f * comp
-        self.gpu_memory[gpus] += f * mem
-        self.gpu_network[gpus] += f * np.maximum(dur - comp - mem, 0.0)
+        _add_hold(self.gpu_compute, self.gpu_memory, self.gpu_network, gpus, inside / dur,
+                  dur, comp, mem)
 
     def _stage_row(self, r, s, j, start, end) -> None:
         rows = self.stage_rows
@@ -1000,6 +991,33 @@ class Simulation:
             faults=self.injector.finish() if self.injector else None,
             lost_gpus=tuple(sorted({f.gpu for f in self.scenario.spec.faults
                                     if f.kind == "gpu_lost" and f.start <= end})))
+
+
+@numba.njit(cache=True, nogil=True)
+def _stage_ops(dense_t, dense_cb, n_layers, exp_t, exp_cb, n_moe, slow):   # pragma: no cover
+    """A stage-step's op time on each GPU (compiled): `n_layers` dense phases and `n_moe`
+    expert phases, each scaled by the GPU's slowdown; split into compute-bound (comp) and
+    memory-bound (mem) seconds; and the slowest GPU's dense and expert phase."""
+    n = len(dense_t)
+    comp, mem = np.empty(n), np.empty(n)
+    t_dense = t_exp = 0.0
+    for i in range(n):
+        d, e = dense_t[i] * slow[i], exp_t[i] * slow[i]
+        t_dense, t_exp = max(t_dense, d), max(t_exp, e)
+        comp[i] = d * dense_cb[i] * n_layers + e * exp_cb[i] * n_moe
+        mem[i] = d * (not dense_cb[i]) * n_layers + e * (not exp_cb[i]) * n_moe
+    return comp, mem, t_dense, t_exp
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_hold(compute, memory, network, gpus, f, dur, comp, mem):   # pragma: no cover
+    """Add the share `f` (inside the statistics window) of a stage hold of `dur` seconds
+    to its GPUs' time (compiled): op time as compute or memory, the rest network."""
+    for k in range(len(gpus)):
+        g = gpus[k]
+        compute[g] += f * comp[k]
+        memory[g] += f * mem[k]
+        network[g] += f * max(dur - comp[k] - mem[k], 0.0)
 
 
 def _from_trace(dist) -> bool:
