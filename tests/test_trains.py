@@ -6,7 +6,9 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
+import simpy
 
 from conftest import TOY_HARDWARE, small_run
 from sim.api import simulate
@@ -277,3 +279,70 @@ def test_faults_split_trains_and_results_match_layer_by_layer(faults, mid_transf
     assert a.tables.faults.equals(b.tables.faults)
     if mid_transfer:
         assert a.summary["faults"]["flows_rerouted_in_flight"] >= 1
+
+
+@pytest.mark.parametrize("layout, racks", [
+    ({"expert_parallel": 8, "pipeline_parallel": 2, "microbatches": 2}, 2),
+    ({"expert_parallel": 4, "pipeline_parallel": 4, "microbatches": 4}, 2),   # 2 per rack
+    ({"expert_parallel": 8, "pipeline_parallel": 2, "data_parallel": 2}, 4)])
+def test_stages_laid_out_alike_share_transfers_with_identical_results(layout, racks,
+                                                                      monkeypatch):
+    """A stage whose GPUs sit like an earlier stage's takes that stage's dispatch and
+    combine with its link ids mapped: every figure is what computing them gives."""
+    import sim.engine.simulation as engine
+
+    d = small_run()
+    d["layout"], d["racks"] = layout, racks
+    d["engine"] = {"trace_detail_steps": 5}
+    runs, mapped = [], []
+    real = engine.Simulation._mapped
+
+    def counting(self, x, m):
+        mapped.append(1)
+        return real(self, x, m)
+
+    monkeypatch.setattr(engine.Simulation, "_mapped", counting)
+    for share in (True, False):
+        monkeypatch.setattr(engine, "SHARE_STAGE_TRANSFERS", share)
+        runs.append(simulate(scenario_from_dict(copy.deepcopy(d))))
+        if share:
+            assert len(mapped) > 20            # stages did share
+    a, b = runs
+    pd.testing.assert_frame_equal(a.steps, b.steps)
+    pd.testing.assert_frame_equal(a.links, b.links)
+    pd.testing.assert_frame_equal(a.gpus, b.gpus)
+    pd.testing.assert_frame_equal(a.tables.link_series, b.tables.link_series)
+    sa, sb = dict(a.summary), dict(b.summary)
+    sa.pop("wall_time_s"), sb.pop("wall_time_s")
+    assert sa == sb and len(a.steps) > 10
+
+
+def test_link_map_maps_alike_groups_and_refuses_others():
+    """Exchanges among group b are those among a with links mapped, figure for figure; groups
+    not laid out alike (domains split differently, other capacities) get no map."""
+    from sim.cluster.topology import build_cluster
+    from sim.engine import collectives as coll
+    from sim.engine.network import Network
+    from sim.spec.scenario import scenario_from_dict as load
+
+    hw = load({**small_run(), "racks": 4}).hardware
+    cl = build_cluster(hw, 4)                         # 4 racks of 8, one domain each
+    net = Network(simpy.Environment(), cl.capacity, cl.tier, nonbinding=cl.nonbinding)
+    rng = np.random.default_rng(0)
+    a, b = np.arange(8), np.arange(16, 24)
+    m = coll.link_map(cl, a, b)
+    assert m is not None
+    for mat in (rng.random((8, 8)), np.diag(np.ones(7), 1)):
+        fa, ra = coll.exchange_pair(cl, a, mat)
+        fb, rb = coll.exchange_pair(cl, b, mat)
+        for ta, tb in ((fa, fb), (ra, rb)):
+            pa, pb = net.prepare(ta.links, ta.load), net.prepare(tb.links, tb.load)
+            pm = net.mapped(pa, m)
+            for f in pa.__slots__:
+                assert np.array_equal(np.asarray(getattr(pm, f)), np.asarray(getattr(pb, f))), f
+    # half in one rack, half in another: a different layout of domains
+    assert coll.link_map(cl, a, np.r_[np.arange(4), np.arange(8, 12)]) is None
+    cap = cl.capacity.copy()
+    cap[cl.su_up[20]] /= 2                            # one GPU's port slower
+    from dataclasses import replace
+    assert coll.link_map(replace(cl, capacity=cap), a, b) is None

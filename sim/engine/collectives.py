@@ -148,6 +148,41 @@ def _transfer(out_links: list, out_v: list, in_links: list, in_v: list, latency:
                     latency, sent)
 
 
+def link_map(cluster: Cluster, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """Link ids as seen from GPU group `b` instead of `a` (position k of one for position k
+    of the other: its scale-up ports, NIC ports and its leaf's spine ports), when the two
+    groups are laid out alike: a GPU-for-GPU map of their scale-up domains and of their
+    leaves both ways, the same tiers, capacities and binding on mapped links. Then any
+    exchange among `b` is one among `a` with its link ids mapped, loads and all
+    (`Network.mapped`). None when they are not alike."""
+    a, b = np.asarray(a), np.asarray(b)
+    if len(a) != len(b):
+        return None
+    c = cluster
+    for per_gpu in (c.gpu_domain, c.gpu_leaf):      # a bijection, position by position
+        x, y = per_gpu[a], per_gpu[b]
+        pairs = np.unique(np.column_stack([x, y]), axis=0)
+        if len(np.unique(pairs[:, 0])) != len(pairs) or len(np.unique(pairs[:, 1])) != len(pairs):
+            return None
+    la, lb = c.gpu_leaf[a], c.gpu_leaf[b]
+    src = np.concatenate([c.su_up[a], c.su_down[a], c.nic_up[a], c.nic_down[a],
+                          c.leaf_up[la], c.leaf_down[la]])
+    dst = np.concatenate([c.su_up[b], c.su_down[b], c.nic_up[b], c.nic_down[b],
+                          c.leaf_up[lb], c.leaf_down[lb]])
+    if not np.array_equal(src < 0, dst < 0):         # a link one side lacks (no spine)
+        return None
+    keep = src >= 0
+    src, dst = src[keep], dst[keep]
+    nonbinding = c.nonbinding
+    if not (np.array_equal(c.capacity[src], c.capacity[dst])
+                               and np.array_equal(c.tier[src], c.tier[dst])
+                               and np.array_equal(nonbinding[src], nonbinding[dst])):
+        return None
+    m = np.arange(c.n_links)
+    m[src] = dst
+    return m
+
+
 def scaled(t: Transfer, factor: float) -> Transfer:
     """The same transfer with every byte multiplied by `factor`."""
     return Transfer(t.links, t.load * factor, t.latency, t.bytes_sent * factor)

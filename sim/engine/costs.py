@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from ..spec.engine_options import HotRouting, MoEOptions, ZipfRouting
@@ -23,11 +24,34 @@ from ..spec.precision import BYTES_PER_ELEMENT, precision_for_bytes
 from .sampling import Categories, LogFactorials, categories, multinomial
 
 
-def op_time(flops, nbytes, flops_per_s: float, bytes_per_s: float):
+@numba.njit(cache=True, nogil=True)
+def op_time(flops, nbytes, flops_per_s, bytes_per_s):   # pragma: no cover (compiled)
     """The one rule for op timing: (time, compute_bound) = max(flops / achieved FLOP/s,
-    bytes / achieved HBM bandwidth), elementwise over arrays."""
-    t_c, t_m = np.divide(flops, flops_per_s), np.divide(nbytes, bytes_per_s)
+    bytes / achieved HBM bandwidth), elementwise over arrays (or for numbers). Compiled,
+    so the phases below call it from compiled code too."""
+    t_c, t_m = flops / flops_per_s, nbytes / bytes_per_s
     return np.maximum(t_c, t_m), t_c > t_m
+
+
+@numba.njit(cache=True, nogil=True)
+def _dense_phase(tokens, kv_tokens, attn_pairs, flops_per_token, flops_per_ctx, flops,
+                 attn_rate, tp, weight_bytes, kv_bytes, bandwidth):   # pragma: no cover
+    # attention's FLOPs run at their own rate; expressed here as GEMM-equivalent FLOPs
+    f = (tokens * flops_per_token + attn_pairs * flops_per_ctx * (flops / attn_rate)) / tp
+    mem = weight_bytes + kv_tokens * kv_bytes / tp
+    return op_time(f, mem, flops, bandwidth)
+
+
+@numba.njit(cache=True, nogil=True)
+def _expert_phase(expert_tokens, ep, per_rank, expert_params, tp, bpp, flops,
+                  bandwidth):   # pragma: no cover
+    tokens, used = np.zeros(ep), np.zeros(ep)    # per EP rank: tokens, experts reached
+    for r in range(ep):
+        for e in range(r * per_rank, (r + 1) * per_rank):
+            tokens[r] += expert_tokens[e]
+            used[r] += expert_tokens[e] > 0
+    return op_time(2.0 * expert_params * tokens / tp, used * expert_params * bpp / tp, flops,
+                   bandwidth)
 
 
 @dataclass(frozen=True)
@@ -61,20 +85,17 @@ class LayerCosts:
         `tokens[i]` tokens run in GPU i's attention group (its TP group shares them),
         `kv_tokens[i]` context tokens whose KV it reads, `attn_pairs[i]` query x context
         pairs of its attention."""
-        # attention's FLOPs run at their own rate; expressed here as GEMM-equivalent FLOPs
-        flops = (tokens * self.dense_flops_per_token
-                 + attn_pairs * self.attn_flops_per_ctx * (self.flops / self.attn_flops_rate)) \
-            / self.tp
-        mem = self.dense_weight_bytes + kv_tokens * self.kv_bytes_per_token / self.tp
-        return op_time(flops, mem, self.flops, self.bandwidth)
+        return _dense_phase(np.asarray(tokens, dtype=float), np.asarray(kv_tokens, dtype=float),
+                            np.asarray(attn_pairs, dtype=float), self.dense_flops_per_token,
+                            self.attn_flops_per_ctx, self.flops, self.attn_flops_rate, self.tp,
+                            self.dense_weight_bytes, self.kv_bytes_per_token, self.bandwidth)
 
     def expert_phase(self, expert_tokens: np.ndarray):
         """Routed experts on each GPU given tokens per expert (length E):
         (time, compute_bound) arrays over G GPUs."""
-        per_rank = expert_tokens.reshape(self.ep, self.experts_per_rank)
-        flops = 2.0 * self.expert_params * per_rank.sum(axis=1) / self.tp
-        mem = (per_rank > 0).sum(axis=1) * self.expert_params * self.bpp / self.tp
-        t, cb = op_time(flops, mem, self.flops, self.bandwidth)
+        t, cb = _expert_phase(np.asarray(expert_tokens, dtype=np.int64), self.ep,
+                              self.experts_per_rank, self.expert_params, self.tp, self.bpp,
+                              self.flops, self.bandwidth)
         if self.tp == 1:
             return t, cb
         return np.repeat(t, self.tp), np.repeat(cb, self.tp)
@@ -285,9 +306,12 @@ def dispatch_matrix(costs: LayerCosts, routing: Routing, per_token_bytes: float,
         to_rank = copies
     else:
         to_rank = _distinct(routing.tokens, copies, hits.rank_mass, hits.rank, costs.top_k)
-    rank = np.arange(G) // tp
-    to_rank[np.arange(G), rank] = 0
-    m = np.repeat(to_rank, tp, axis=1) * per_token_bytes                        # [G, G]
+    if tp == 1:
+        np.fill_diagonal(to_rank, 0.0)
+        m = to_rank * per_token_bytes                                           # [G, G]
+    else:
+        to_rank[np.arange(G), np.arange(G) // tp] = 0
+        m = np.repeat(to_rank, tp, axis=1) * per_token_bytes                    # [G, G]
     if mode != "hierarchical":
         return m
     di = np.repeat(hits.rank_domain, tp)

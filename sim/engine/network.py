@@ -350,6 +350,15 @@ class Network:
                         per_tier[T:2 * T], per_tier[2 * T:] > 0, slowest,
                         ints[n + n_sat:n + n_sat + n_bind], self._epoch)
 
+    def mapped(self, p: Prepared, link_map: np.ndarray) -> Prepared:
+        """The same transfer on other links: link l becomes link_map[l], each with the
+        capacity, tier and binding of l (collectives.link_map checks that), so every
+        figure but the link ids is p's own."""
+        return Prepared(link_map[p.links], p.load, p.size, p.total, p.tier_weight,
+                        p.alone_bps, p.alone_util, link_map[p.alone_sat], p.alone_sat_tiers,
+                        p.alone_tier_util, p.alone_sat_mask, p.alone_dur,
+                        link_map[p.bind], p.epoch)
+
     def start(self, prep: Prepared | None, label: str = "", owner: int = -1,
               tag: object = None) -> simpy.Event:
         """Start a prepared flow now; the event fires when its last byte arrives."""
@@ -465,12 +474,23 @@ class Network:
         from there (the transfer of k, if started, continues as an ordinary flow whose
         event is given). `labels[k]` names segment k's transfer; `tags[u]` (as start's
         `tag`) goes with transfer u if it joins the shared flows."""
-        used = [p for p in preps if p is not None]
-        if not used or any(p.epoch != self._epoch for p in used):
+        binds, moves, xdur = [], [], []
+        for p in preps:
+            if p is None:
+                moves.append(False)
+                xdur.append(0.0)
+            elif p.epoch != self._epoch:   # normalised for other capacities
+                return None
+            else:
+                binds.append(p.bind)
+                moves.append(True)
+                xdur.append(p.alone_dur)
+        if not binds:
             return None
-        links = np.concatenate([p.bind for p in used]) if len(used) > 1 else used[0].bind
-        m = shape.moving(tuple(p is not None for p in preps))
-        xdur = np.array([p.alone_dur if p is not None else 0.0 for p in preps] + [0.0])
+        xdur.append(0.0)                   # index -1: a segment that moves nothing
+        links = np.concatenate(binds) if len(binds) > 1 else binds[0]
+        m = shape.moving(tuple(moves))
+        xdur = np.array(xdur)
         now = self.env.now
         ends, events = _reserve_train(links, self._reserved, self._pool_count,
                                       self._next_train, np.asarray(waits, dtype=float),

@@ -51,13 +51,13 @@ class RequestTable:
         arrival = np.atleast_1d(np.asarray(arrival, dtype=float))
         k = len(arrival)
         self._grow(self.n + k)
-        ids = np.arange(self.n, self.n + k)
-        self.arrival[ids] = arrival
-        self.prompt[ids] = prompt
-        self.output[ids] = output
-        self.replica[ids] = replica
+        rows = slice(self.n, self.n + k)
+        self.arrival[rows] = arrival
+        self.prompt[rows] = prompt
+        self.output[rows] = output
+        self.replica[rows] = replica
         self.n += k
-        return ids
+        return np.arange(rows.start, rows.stop)
 
 
 @dataclass
@@ -70,6 +70,7 @@ class StepPlan:
     prefill_tokens: int
     kv_tokens: float          # context tokens whose KV is read
     attn_pairs: float         # query x context token pairs (attention FLOPs)
+    sequences: int = 0        # sequences with work this step (decoding or prefilling)
 
 
 class Slot:
@@ -99,9 +100,9 @@ class Slot:
         self.pre = np.concatenate([self.pre, prompt - cached])
 
     def plan(self, prefill: str, chunk_tokens: int) -> StepPlan:
-        decode, take, n_dec, n_pre, kv, pairs = _plan(self.pre, self.ctx, chunk_tokens,
-                                                      prefill == "separate")
-        return StepPlan(decode, take, n_dec + n_pre, n_pre, kv, pairs)
+        decode, take, n_dec, n_pre, kv, pairs, n_seq = _plan(self.pre, self.ctx, chunk_tokens,
+                                                             prefill == "separate")
+        return StepPlan(decode, take, n_dec + n_pre, n_pre, kv, pairs, n_seq)
 
     def advance(self, plan: StepPlan) -> tuple[np.ndarray, np.ndarray, int]:
         """Apply a finished step. Returns (ids with a first token now, ids finished now,
@@ -119,7 +120,8 @@ def _plan(pre, ctx, budget, separate):   # pragma: no cover
     """A step's plan in one compiled pass: sequences with their prompt done decode; prompt
     tokens are taken FIFO up to `budget`; under `separate` a step with prompt work
     carries only that. Returns (decode mask, tokens taken per sequence, decoding
-    sequences, prompt tokens, context tokens read, query x context pairs)."""
+    sequences, prompt tokens, context tokens read, query x context pairs, sequences with
+    work)."""
     n = len(pre)
     decode = np.empty(n, np.bool_)
     take = np.empty(n, np.int64)
@@ -132,9 +134,10 @@ def _plan(pre, ctx, budget, separate):   # pragma: no cover
         any_take |= take[i] > 0
     if separate and any_take:
         decode[:] = False
-    n_dec = n_pre = dec_ctx = pre_ctx = 0
+    n_dec = n_pre = dec_ctx = pre_ctx = n_seq = 0
     pre_pairs = 0.0
     for i in range(n):
+        n_seq += decode[i] or take[i] > 0
         if decode[i]:
             n_dec += 1
             dec_ctx += ctx[i]
@@ -142,7 +145,7 @@ def _plan(pre, ctx, budget, separate):   # pragma: no cover
             n_pre += take[i]
             pre_ctx += ctx[i] + take[i]
             pre_pairs += take[i] * (ctx[i] + (take[i] + 1) / 2.0)
-    return decode, take, n_dec, n_pre, float(dec_ctx + pre_ctx), dec_ctx + pre_pairs
+    return decode, take, n_dec, n_pre, float(dec_ctx + pre_ctx), dec_ctx + pre_pairs, n_seq
 
 
 @numba.njit(cache=True, nogil=True)

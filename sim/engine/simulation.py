@@ -16,6 +16,7 @@ for the first `engine.trace_detail_steps` steps, every phase for the timeline.
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections import deque
@@ -46,6 +47,10 @@ ARRIVAL_CHUNK = 4096  # open arrivals are generated this many at a time
 # offer open arrivals in batches (Simulation._feeder); False: each at its own event, as a
 # reference the tests compare against
 BATCH_ARRIVALS = True
+# a stage whose group is laid out like an earlier stage's of the same step takes that
+# stage's dispatch and combine with link ids mapped (identical figures); False: computes
+# its own, as a reference the tests compare against
+SHARE_STAGE_TRANSFERS = True
 # prepared stage-boundary sends kept per boundary, by token count (a few MB at most)
 BOUNDARY_CACHE = 4096
 # the link-utilisation series: this many bins over the run (`requests:` runs, whose length is
@@ -215,6 +220,7 @@ class Simulation:
         self.dispatch_mode = s.spec.moe.dispatch
         self.hits: dict = {}              # (replica, stage) -> hit probabilities
         self.hits_by_pattern: dict = {}   # rank -> domain pattern -> the same, shared
+        self.link_maps: dict = {}         # ((r, s), (r, s)) -> collectives.link_map
         # (replica, stage) -> its send to the next stage: the link map, and the prepared
         # transfer per token count (at most BOUNDARY_CACHE of them)
         self.boundary_sends: dict = {}
@@ -256,6 +262,7 @@ class Simulation:
         # open arrivals not offered yet (_catch_up): the current chunk and the next one's place
         self._chunks = iter(())
         self._pending: tuple = (np.zeros(0), None, None)
+        self._pending_t: list = []          # its arrival times as floats
         self._pending_at = 0
         self._offered = 0                 # open arrivals offered so far
         self._feeder_parked: simpy.Event | None = None
@@ -389,12 +396,13 @@ class Simulation:
 
     def _next_arrival(self) -> float | None:
         """The time of the next open arrival not offered yet (None: there is none)."""
-        while self._pending_at >= len(self._pending[0]):
+        while self._pending_at >= len(self._pending_t):
             chunk = next(self._chunks, None)
             if chunk is None:
                 return None
             self._pending, self._pending_at = chunk, 0
-        return float(self._pending[0][self._pending_at])
+            self._pending_t = chunk[0].tolist()    # for bisect, without numpy per call
+        return self._pending_t[self._pending_at]
 
     def _catch_up(self) -> None:
         """Offer every open arrival due by now, in order: at once when no queue can fill up
@@ -403,14 +411,14 @@ class Simulation:
         while (t := self._next_arrival()) is not None and t <= now:
             times, prompts, outputs = self._pending
             i = self._pending_at
-            j = int(np.searchsorted(times, now, side="right"))
+            j = bisect.bisect_right(self._pending_t, now, i)
             k0 = self._offered
             n = j - i
             room = self.max_queue - n          # each replica gets at most n of them
             if self.n_alive == R and all(len(q) <= room for q in self.queues):
                 ids = self.req.add(times[i:j], prompts[i:j], outputs[i:j],
                                    np.arange(k0, k0 + n) % R).tolist()
-                self.arrived_in_window += n if times[i] >= self.warmup else \
+                self.arrived_in_window += n if t >= self.warmup else \
                     int(np.count_nonzero(times[i:j] >= self.warmup))
                 for m in range(min(R, n)):     # arrivals k0 + m, k0 + m + R, ... go to
                     r = (k0 + m) % R           # replica (k0 + m) % R
@@ -584,7 +592,7 @@ class Simulation:
                     self._new_closed_request(r, now + self.scenario.workload.arrival.think_time_s)
         rows = self.step_rows
         for k, v in (("replica", r), ("microbatch", j), ("start", start), ("end", now),
-                     ("sequences", int(plan.decode.sum() + (plan.take > 0).sum())),
+                     ("sequences", plan.sequences),
                      ("tokens", plan.tokens), ("prefill_tokens", plan.prefill_tokens),
                      ("output_tokens", produced)):
             rows[k].append(v)
@@ -619,6 +627,16 @@ class Simulation:
         x.t = t = coll.launched(self.cluster, t)
         x.prep = self.net.prepare(t.links, t.load)
         return x
+
+    def _mapped(self, x: _Xfer, m: np.ndarray) -> _Xfer:
+        """Transfer x on the links m maps its links to (collectives.link_map)."""
+        y = _Xfer()
+        y.src = y.matrix = y.dst = y.hops = None
+        y.epoch = 0
+        t = x.t
+        y.t = coll.Transfer(m[t.links], t.load, t.latency, t.bytes_sent)
+        y.prep = self.net.mapped(x.prep, m) if x.prep is not None else None
+        return y
 
     def _fresh(self, x: _Xfer) -> _Xfer:
         """The transfer routed for the links up now and normalised for their capacities."""
@@ -661,7 +679,7 @@ class Simulation:
             w = shared["work"] = (group_tokens, dense, routing, expert)
         return w
 
-    def _dispatch_pair(self, gpus: np.ndarray, routing, hits, shared: dict):
+    def _dispatch_pair(self, r: int, s: int, gpus: np.ndarray, routing, hits, shared: dict):
         """A stage's dispatch and combine transfers. Their matrices (token copies between
         GPU positions) are shared by the stages of a step whose EP ranks sit in the same
         pattern of scale-up domains (same `hits`); the combine is the dispatch transposed,
@@ -675,9 +693,20 @@ class Simulation:
         if self.router is not None:   # faults: routed around down links, matrix by matrix
             return (self._prepare(gpus, copies * c.dispatch_bytes),
                     self._prepare(gpus, copies.T * c.combine_bytes))
+        first = shared.get(("pair", id(hits)))   # an earlier stage's, from the same matrix
+        if first is not None and SHARE_STAGE_TRANSFERS:
+            rs0, gpus0, pair = first
+            key = (rs0, (r, s))
+            m = self.link_maps.get(key, False)
+            if m is False:
+                m = self.link_maps[key] = coll.link_map(self.cluster, gpus0, gpus)
+            if m is not None:                     # laid out alike: the same, links mapped
+                return tuple(self._mapped(x, m) for x in pair)
         fwd, rev = coll.exchange_pair(self.cluster, gpus, copies)
-        return (self._prepared(coll.scaled(fwd, c.dispatch_bytes)),
+        pair = (self._prepared(coll.scaled(fwd, c.dispatch_bytes)),
                 self._prepared(coll.scaled(rev, c.combine_bytes)))
+        shared[("pair", id(hits))] = ((r, s), gpus, pair)
+        return pair
 
     def _run_stage(self, r: int, s: int, j: int, plan, detail: bool, shared: dict):
         env, c, router = self.env, self.costs, self.router
@@ -690,7 +719,8 @@ class Simulation:
         comp, mem, t_dense, t_exp = _stage_ops(dense_t, dense_cb, n_layers, exp_t, exp_cb,
                                                n_moe, slow)
         if n_moe and ep > 1:
-            disp, comb = self._dispatch_pair(gpus, routing, self._hits(r, s, gpus), shared)
+            disp, comb = self._dispatch_pair(r, s, gpus, routing, self._hits(r, s, gpus),
+                                             shared)
         if tp > 1:
             ar = self._tp_all_reduce(gpus, group_tokens)
         start = env.now
@@ -706,7 +736,6 @@ class Simulation:
         tl = self.timelines[s]
         xfers = (ar if tp > 1 else None, disp if n_moe and ep > 1 else None,
                  comb if n_moe and ep > 1 else None)                  # by Timeline slot
-        compute = tl.dense * t_dense + tl.expert * t_exp                 # before each segment
 
         def run_from(i0: int, wait0: float | None = None, flow0=None):
             """Run segments i0.. event by event; the first may be partly done already:
@@ -720,7 +749,8 @@ class Simulation:
                 if x is not None and router is not None:
                     self._fresh(x)
                 w = wait0 if (i == i0 and wait0 is not None) else \
-                    compute[i] + (x.t.latency if x is not None else 0.0)
+                    tl.dense[i] * t_dense + tl.expert[i] * t_exp + \
+                    (x.t.latency if x is not None else 0.0)
                 if x is None:
                     if w > 0:
                         yield env.timeout(w)
@@ -738,7 +768,8 @@ class Simulation:
                     if x is not None:
                         self._fresh(x)          # raises Unroutable
             latency = np.array([x.t.latency if x is not None else 0.0 for x in xfers] + [0.0])
-            train = self.net.start_train(compute + latency[tl.slot], tl.shape,
+            train = self.net.start_train(_waits(tl.dense, t_dense, tl.expert, t_exp, tl.slot,
+                                                latency), tl.shape,
                                          [x.prep if x is not None else None for x in xfers],
                                          tl.labels, owner=r, tags=list(xfers))
         if train is None:
@@ -991,6 +1022,16 @@ class Simulation:
             faults=self.injector.finish() if self.injector else None,
             lost_gpus=tuple(sorted({f.gpu for f in self.scenario.spec.faults
                                     if f.kind == "gpu_lost" and f.start <= end})))
+
+
+@numba.njit(cache=True, nogil=True)
+def _waits(dense, t_dense, expert, t_exp, slot, latency):   # pragma: no cover
+    """Before each segment of a stage's timeline: its dense and expert phases' compute, and
+    the latency of the transfer it ends with (slot -1: latency[-1], none)."""
+    out = np.empty(len(slot))
+    for k in range(len(slot)):
+        out[k] = dense[k] * t_dense + expert[k] * t_exp + latency[slot[k]]
+    return out
 
 
 @numba.njit(cache=True, nogil=True)
