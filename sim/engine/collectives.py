@@ -117,26 +117,32 @@ def _link_sums(m, src, dst, gpu_domain, gpu_leaf, n_leaves):   # pragma: no cove
         for i in range(ns):
             any_i |= up_i[i] != 0.0
         return sums, any_i, any_x, any_s, sent
-    for i in range(ns):
+    spine_in = np.zeros(nd)            # per receiver: bytes from other leaves
+    for i in range(ns):                # a row's own sums stay in registers
         a = src[i]
         da, la = gpu_domain[a], gpu_leaf[a]
+        row_i = row_x = row_s = 0.0
         for j in range(nd):
             v = m[i, j]
-            if v == 0.0 or dst[j] == a:
+            if dst[j] == a:
                 continue
-            sent += v
             if da == dom_d[j]:
-                up_i[i] += v
+                row_i += v
                 down_i[j] += v
-                any_i = True
             else:
-                up_x[i] += v
+                row_x += v
                 down_x[j] += v
-                any_x = True
                 if la != leaf_of_d[j]:
-                    leaf_u[la] += v
-                    leaf_d[leaf_of_d[j]] += v
-                    any_s = True
+                    row_s += v
+                    spine_in[j] += v
+        up_i[i], up_x[i] = row_i, row_x
+        leaf_u[la] += row_s
+        sent += row_i + row_x
+        any_i |= row_i != 0.0
+        any_x |= row_x != 0.0
+        any_s |= row_s != 0.0
+    for j in range(nd):
+        leaf_d[leaf_of_d[j]] += spine_in[j]
     return sums, any_i, any_x, any_s, sent
 
 
