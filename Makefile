@@ -11,13 +11,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# The stamps re-install when pyproject.toml changes.
+# The stamps re-install when pyproject.toml changes; then the engine's compiled kernels are
+# built once (sim/engine/warm.py), not in every test worker or first run.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m sim.engine.warm
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m sim.engine.warm
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed

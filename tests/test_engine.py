@@ -384,3 +384,40 @@ def test_step_time_excludes_waiting_for_the_stage():
     # before the fix a step included waiting for the other microbatches: about m x longer;
     # what remains is the small effect of context length (fewer steps per sequence)
     assert times[4] < 1.2 * times[1] and times[2] < 1.2 * times[1]
+
+
+def test_warm_up_compiles_what_runs_use():
+    """`python -m sim.engine.warm` (run by the Makefile after installing) compiles every
+    kernel signature real runs need: in a fresh process, after it, the default scenario and
+    a fault scenario add none (a kernel it misses would compile on a user's first run)."""
+    import subprocess
+    import sys
+
+    code = """
+import importlib, pkgutil
+import numba
+import sim.engine
+import sim.api as rs
+from sim.engine.warm import warm
+
+def signatures():
+    out = {}
+    for m in pkgutil.iter_modules(sim.engine.__path__):
+        mod = importlib.import_module("sim.engine." + m.name)
+        for name, obj in vars(mod).items():
+            if isinstance(obj, numba.core.registry.CPUDispatcher):
+                out[mod.__name__ + "." + name] = set(obj.signatures)
+    return out
+
+warm()
+before = signatures()
+for path, end in (("scenarios/default.yaml", 0.5), ("scenarios/fault-link-down.yaml", 1.2)):
+    rs.simulate(rs.load(path, **{"workload.duration_s": end, "workload.warmup_s": 0.1}))
+after = signatures()
+print("kernels", len(before), "new", sorted(k for k in after if after[k] - before[k]))
+"""
+    from conftest import REPO
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=REPO).stdout
+    assert "new []" in out and "kernels 1" in out, out

@@ -51,8 +51,9 @@ def _sides(cluster: Cluster, src: np.ndarray, dst: np.ndarray, matrix: np.ndarra
     they arrive by and theirs (column sums); the latency of the slowest tier used; and
     the bytes sent in all."""
     ns, nd, nl = len(src), len(dst), cluster.n_leaves
-    sums, any_i, any_x, any_s, sent = _link_sums(
-        np.asarray(matrix, dtype=float), src, dst, cluster.gpu_domain, cluster.gpu_leaf, nl)
+    sums, any_i, any_x, any_s, sent = _link_sums(    # C order: one compiled signature
+        np.ascontiguousarray(matrix, dtype=float), src, dst, cluster.gpu_domain,
+        cluster.gpu_leaf, nl)
     up_i, down_i = sums[:ns], sums[ns:ns + nd]
     up_x, down_x = sums[ns + nd:2 * ns + nd], sums[2 * ns + nd:2 * (ns + nd)]
     leaf_u, leaf_d = sums[2 * (ns + nd):2 * (ns + nd) + nl], sums[2 * (ns + nd) + nl:]

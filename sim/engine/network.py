@@ -64,15 +64,6 @@ def _merge_intervals(starts: np.ndarray, ends: np.ndarray):
     return s[new], cover[last]
 
 
-def _sorted_unique(x: np.ndarray) -> np.ndarray:
-    """np.unique of an integer array by sorting (numpy's hashing unique is slower on the
-    few hundred link ids of a solve)."""
-    x = np.sort(x)
-    if len(x) < 2:
-        return x
-    return x[np.concatenate(([True], x[1:] != x[:-1]))]
-
-
 def _tick(now: float) -> float:
     """The smallest step the clock can take at `now` (a few float ulps): a flow with less
     time than this left is finished, or it would never advance."""
@@ -84,18 +75,16 @@ class Prepared:
     layer of a step sends the same pattern). Everything that does not depend on other flows
     is precomputed here (`Network.prepare`, one compiled pass). Treat as read-only."""
 
-    __slots__ = ("links", "load", "size", "total", "tier_weight", "alone_bps", "alone_util",
+    __slots__ = ("links", "load", "size", "total", "alone_bps", "alone_util",
                  "alone_sat", "alone_sat_tiers", "alone_tier_util", "alone_sat_mask",
                  "alone_dur", "bind", "epoch")
 
-    def __init__(self, links, load, size, total, tier_weight, alone_bps, alone_util,
-                 alone_sat, alone_sat_tiers, alone_tier_util, alone_sat_mask, alone_dur,
-                 bind, epoch=0):
+    def __init__(self, links, load, size, total, alone_bps, alone_util, alone_sat,
+                 alone_sat_tiers, alone_tier_util, alone_sat_mask, alone_dur, bind, epoch=0):
         self.links = links                  # unique link ids
         self.load = load                    # bytes per link / size (most loaded link = 1)
         self.size = size                    # bytes on the most loaded link
         self.total = total                  # bytes over all links
-        self.tier_weight = tier_weight      # per tier: sum of load x size / capacity (floats)
         self.alone_bps = alone_bps          # bytes/s on its most loaded link when alone
         self.alone_util = alone_util        # utilisation of its links when alone
         self.alone_sat = alone_sat          # its bottleneck links (saturated when alone)
@@ -148,7 +137,8 @@ def _prepare(links, load, capacity, tier, binding, tier_links):   # pragma: no c
     for t in range(n_tiers):
         n_st += per_tier[2 * n_tiers + t] > 0
     ints = np.empty(n + n_sat + n_bind + n_st, np.int64)
-    ints[:n] = ids
+    for i in range(n):                  # (a slice copy would compile a shape check's message)
+        ints[i] = ids[i]
     a, b = n, n + n_sat
     for i in range(n):
         if per_link[n + i] >= SATURATED:
@@ -189,6 +179,112 @@ def _reserve_train(links, reserved, pool_count, train, waits, pidx, xdur,
         ends[2 * k + 1] = now + acc
         events += (waits[k] != 0.0) + (xdur[pidx[k]] != 0.0)
     return ends, events
+
+
+@numba.njit(cache=True, nogil=True)
+def _max_min(links, load, offsets, capacity, tier, tier_links, slot):   # pragma: no cover
+    """Weighted max-min rates of several flows by progressive filling (compiled): flow i
+    puts load[k] bytes per byte/s of its own on link links[k], offsets[i] <= k <
+    offsets[i + 1]. Each round raises every unfrozen flow by the same amount until a link
+    fills; the flows crossing it freeze. `slot` is scratch over all links, -1 on entry and
+    on return.
+
+    Returns, per flow, its bytes/s on its most loaded link; per entry k, its link's
+    utilisation (duplicates included, as `links`); the saturated links (each once) and
+    their tiers, ascending; and each tier's mean utilisation over all its links. When no
+    link is shared the flows run as if alone: empty arrays (the caller has those figures)."""
+    n_f, n_e = len(offsets) - 1, len(links)
+    union = np.empty(n_e, np.int64)
+    n_u = 0
+    for k in range(n_e):
+        if slot[links[k]] < 0:
+            slot[links[k]] = n_u
+            union[n_u] = links[k]
+            n_u += 1
+    if n_u == n_e:                      # every link in one flow only
+        for k in range(n_e):
+            slot[links[k]] = -1
+        return np.empty(0), np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64), \
+            np.empty(0)
+    a = np.zeros((n_f, n_u))            # a[i, j]: load of flow i on union link j
+    for i in range(n_f):
+        for k in range(offsets[i], offsets[i + 1]):
+            a[i, slot[links[k]]] = load[k]
+    cap = np.empty(n_u)
+    for j in range(n_u):
+        cap[j] = capacity[union[j]]
+    residual = cap.copy()
+    bps = np.zeros(n_f)
+    active = np.ones(n_f, np.bool_)
+    demand = np.empty(n_u)
+    left = n_f
+    while left > 0:
+        for j in range(n_u):
+            demand[j] = 0.0
+        for i in range(n_f):
+            if active[i]:
+                for j in range(n_u):
+                    demand[j] += a[i, j]
+        inc = np.inf
+        for j in range(n_u):
+            if demand[j] > EPS:
+                inc = min(inc, residual[j] / demand[j])
+        for i in range(n_f):
+            if active[i]:
+                bps[i] += inc
+        for j in range(n_u):
+            residual[j] -= inc * demand[j]
+        frozen = 0
+        for j in range(n_u):
+            if demand[j] > EPS and residual[j] <= 1e-9 * cap[j]:   # j is full
+                for i in range(n_f):
+                    if active[i] and a[i, j] > EPS:
+                        active[i] = False
+                        frozen += 1
+        if frozen == 0:   # numerical guard: freeze the flows of the tightest link
+            best, jb = np.inf, 0
+            for j in range(n_u):
+                if demand[j] > EPS and residual[j] / demand[j] < best:
+                    best, jb = residual[j] / demand[j], j
+            for i in range(n_f):
+                if active[i] and a[i, jb] > EPS:
+                    active[i] = False
+                    frozen += 1
+        left -= frozen
+    util_u = np.zeros(n_u)
+    n_sat = 0
+    level = np.zeros(len(tier_links))
+    sat_tier = np.zeros(len(tier_links), np.bool_)
+    for j in range(n_u):
+        for i in range(n_f):
+            util_u[j] += bps[i] * a[i, j]
+        util_u[j] /= cap[j]
+        level[tier[union[j]]] += util_u[j]
+        if util_u[j] >= SATURATED:
+            n_sat += 1
+            sat_tier[tier[union[j]]] = True
+    sat = np.empty(n_sat, np.int64)
+    n_sat = 0
+    for j in range(n_u):
+        if util_u[j] >= SATURATED:
+            sat[n_sat] = union[j]
+            n_sat += 1
+    util = np.empty(n_e)
+    for k in range(n_e):
+        util[k] = util_u[slot[links[k]]]
+    for k in range(n_e):                # after: a shared link appears more than once
+        slot[links[k]] = -1
+    n_st = 0
+    for t in range(len(tier_links)):
+        level[t] /= max(tier_links[t], 1)
+        n_st += sat_tier[t]
+    tiers = np.empty(n_st, np.int64)
+    n_st = 0
+    for t in range(len(tier_links)):
+        if sat_tier[t]:
+            tiers[n_st] = t
+            n_st += 1
+    return bps, util, sat, tiers, level
 
 
 @dataclass
@@ -315,6 +411,7 @@ class Network:
         self._binding = np.ones(n, dtype=np.int64) if nonbinding is None else \
             (~np.asarray(nonbinding, dtype=bool)).astype(np.int64)
         self._pool_count = np.zeros(n, dtype=np.int64)
+        self._slot = np.full(n, -1, dtype=np.int64)   # scratch for _max_min
         self.trains: dict[int, Train] = {}
         self._finished: list[Train] = []   # ended, statistics not logged yet
         self._next_train = 0
@@ -327,6 +424,7 @@ class Network:
         self._bin = float(series_bin)
         self._bins = np.zeros((1024, self.n_tiers))
         self._level = np.zeros(self.n_tiers)          # the pool's current per-tier level
+        self._level_list, self._level_on = self._level.tolist(), False   # the same, floats
         self._level_t = 0.0
         # tier saturation: intervals, compacted into a final total once nothing can
         # overlap them any more
@@ -345,19 +443,18 @@ class Network:
         if not n:
             return None
         T = self.n_tiers
-        return Prepared(ints[:n], per_link[:n], size, total, tuple(per_tier[:T].tolist()),
-                        bps, per_link[n:], ints[n:n + n_sat], ints[n + n_sat + n_bind:],
-                        per_tier[T:2 * T], per_tier[2 * T:] > 0, slowest,
-                        ints[n + n_sat:n + n_sat + n_bind], self._epoch)
+        return Prepared(ints[:n], per_link[:n], size, total, bps, per_link[n:],
+                        ints[n:n + n_sat], ints[n + n_sat + n_bind:], per_tier[T:2 * T],
+                        per_tier[2 * T:] > 0, slowest, ints[n + n_sat:n + n_sat + n_bind],
+                        self._epoch)
 
     def mapped(self, p: Prepared, link_map: np.ndarray) -> Prepared:
         """The same transfer on other links: link l becomes link_map[l], each with the
         capacity, tier and binding of l (collectives.link_map checks that), so every
         figure but the link ids is p's own."""
-        return Prepared(link_map[p.links], p.load, p.size, p.total, p.tier_weight,
-                        p.alone_bps, p.alone_util, link_map[p.alone_sat], p.alone_sat_tiers,
-                        p.alone_tier_util, p.alone_sat_mask, p.alone_dur,
-                        link_map[p.bind], p.epoch)
+        return Prepared(link_map[p.links], p.load, p.size, p.total, p.alone_bps, p.alone_util,
+                        link_map[p.alone_sat], p.alone_sat_tiers, p.alone_tier_util,
+                        p.alone_sat_mask, p.alone_dur, link_map[p.bind], p.epoch)
 
     def start(self, prep: Prepared | None, label: str = "", owner: int = -1,
               tag: object = None) -> simpy.Event:
@@ -819,7 +916,7 @@ class Network:
         if not flows:
             self._union = self._sat = self._sat_tiers = np.zeros(0, dtype=np.int64)
             self._util = np.zeros(0)
-            self._record()
+            self._record(self._no_util)
             return
         self.solves += 1
         if len(flows) == 1:  # alone: everything was precomputed in prepare()
@@ -828,81 +925,60 @@ class Network:
             f.rate = p.alone_bps / p.size
             self._union, self._util = p.links, p.alone_util
             self._sat, self._sat_tiers = p.alone_sat, p.alone_sat_tiers
+            self._record(p.alone_tier_util)
         else:
-            links = np.concatenate([f.prep.links for f in flows])
-            union = _sorted_unique(links)
-            if len(union) == len(links):  # no shared link: each flow runs as if alone
+            preps = [f.prep for f in flows]
+            links = np.concatenate([p.links for p in preps])
+            offsets = [0]
+            for p in preps:
+                offsets.append(offsets[-1] + len(p.links))
+            bps, util, sat, sat_tiers, level = _max_min(
+                links, np.concatenate([p.load for p in preps]), np.array(offsets),
+                self.capacity, self.tier, self.tier_links, self._slot)
+            if not len(bps):   # no shared link: each flow runs as if alone, exactly
                 for f in flows:
                     f.rate = f.prep.alone_bps / f.prep.size
-                order = np.argsort(links)
-                self._union = union
-                self._util = np.concatenate([f.prep.alone_util for f in flows])[order]
-                self._sat = np.concatenate([f.prep.alone_sat for f in flows])
+                self._union = links
+                self._util = np.concatenate([p.alone_util for p in preps])
+                self._sat = np.concatenate([p.alone_sat for p in preps])
                 self._sat_tiers = self._tiers_of(self._sat)
+                self._record(sum(p.alone_tier_util for p in preps))
             else:
-                self._solve_shared(flows, union)
-        self._record()
+                for f, b in zip(flows, bps.tolist()):
+                    f.rate = b / f.prep.size
+                self._union, self._util, self._sat, self._sat_tiers = links, util, sat, sat_tiers
+                self._record(level)
         soonest = min(f.remaining / f.rate for f in flows)
         version = self._timer_version
         ev = self.env.timeout(max(soonest, _tick(self.env.now)))
         ev.callbacks.append(lambda _e: self._on_timer(version))
 
-    def _solve_shared(self, flows: list[Flow], links: np.ndarray) -> None:
-        n_f, n_l = len(flows), len(links)
-        # a[i, j]: bytes flow i puts on link j per byte/s on its own most loaded link
-        a = np.zeros((n_f, n_l))
-        for i, f in enumerate(flows):
-            a[i, np.searchsorted(links, f.prep.links)] = f.prep.load
-        cap = self.capacity[links]
-        residual = cap.copy()
-        bps = np.zeros(n_f)
-        active = np.ones(n_f, dtype=bool)
-        while active.any():
-            demand = a[active].sum(axis=0)
-            use = demand > EPS
-            inc = np.min(residual[use] / demand[use])
-            bps[active] += inc
-            residual -= inc * demand
-            full = use & (residual <= 1e-9 * cap)
-            newly = active & (a[:, full] > EPS).any(axis=1)
-            if not newly.any():  # numerical guard: freeze the tightest link's flows
-                j = np.argmin(np.where(use, residual / np.maximum(demand, EPS), np.inf))
-                newly = active & (a[:, j] > EPS)
-            active &= ~newly
-        for f, b in zip(flows, bps):
-            f.rate = b / f.prep.size
-        util = (bps @ a) / cap
-        self._union, self._util = links, util
-        self._sat = links[util >= SATURATED]
-        self._sat_tiers = self._tiers_of(self._sat)
-
     def _tiers_of(self, links: np.ndarray) -> np.ndarray:
         """The tiers `links` belong to, ascending."""
         return np.flatnonzero(np.bincount(self.tier[links], minlength=self.n_tiers))
 
-    def _record(self) -> None:
-        """The pool's per-tier utilisation changes now: bin the level it had until now."""
+    def _record(self, level: np.ndarray) -> None:
+        """The pool's per-tier mean utilisation is `level` from now: bin the one it had."""
         if not self._record_series:
             return
         self._flush_level()
-        util = [0.0] * self.n_tiers
-        for f in self.flows:
-            bps = f.rate * f.prep.size
-            for t, w in enumerate(f.prep.tier_weight):
-                util[t] += w * bps
-        self._level = np.array([u / max(int(n), 1) for u, n in zip(util, self.tier_links)])
+        self._level = level
+        self._level_list = level.tolist()      # for one- or two-bin updates (below)
+        self._level_on = any(self._level_list)
 
     def _flush_level(self) -> None:
         now = self.env.now
-        if now > self._level_t and self._level.any():
+        if now > self._level_t and self._level_on:
             a, W = self._level_t, self._bin
             ia, ib = int(a / W), int(now / W)
             if ib - ia <= 1 and ib + 2 <= len(self._bins):   # one or two bins: no arrays
-                if ia == ib:
-                    self._bins[ia] += (now - a) * self._level
-                else:
-                    self._bins[ia] += (ib * W - a) * self._level
-                    self._bins[ib] += (now - ib * W) * self._level
+                bins = self._bins
+                for t, v in enumerate(self._level_list):
+                    if ia == ib:
+                        bins[ia, t] += (now - a) * v
+                    else:
+                        bins[ia, t] += (ib * W - a) * v
+                        bins[ib, t] += (now - ib * W) * v
             else:
                 self._bin_add(np.array([a]), np.array([now]), self._level)
         self._level_t = now

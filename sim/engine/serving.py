@@ -133,7 +133,8 @@ def _plan(pre, ctx, budget, separate):   # pragma: no cover
         decode[i] = pre[i] == 0
         any_take |= take[i] > 0
     if separate and any_take:
-        decode[:] = False
+        for i in range(n):
+            decode[i] = False
     n_dec = n_pre = dec_ctx = pre_ctx = n_seq = 0
     pre_pairs = 0.0
     for i in range(n):

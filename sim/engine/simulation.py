@@ -142,6 +142,11 @@ class Timeline:
     shape: TrainShape     # the same order as a train's segments (network.start_train)
     uses: tuple           # per TRANSFER_KINDS slot: how many segments end with it
 
+    def count(self, u: int, a: int, b: int) -> int:
+        """Segments a..b-1 that end with transfer slot u."""
+        return self.uses[u] if a == 0 and b == len(self.slot) else \
+            int(np.count_nonzero(self.slot[a:b] == u))
+
 
 def stage_timeline(moe: np.ndarray, tp: int, ep: int) -> Timeline:
     dense, expert, slot, busy = [], [], [], []
@@ -737,55 +742,62 @@ class Simulation:
         xfers = (ar if tp > 1 else None, disp if n_moe and ep > 1 else None,
                  comb if n_moe and ep > 1 else None)                  # by Timeline slot
 
-        def run_from(i0: int, wait0: float | None = None, flow0=None):
-            """Run segments i0.. event by event; the first may be partly done already:
-            `wait0` seconds of its compute left, or its transfer running as `flow0`."""
-            for i in range(i0, len(tl.slot)):
-                x = xfers[tl.slot[i]] if tl.slot[i] >= 0 else None
-                if i == i0 and flow0 is not None:
-                    yield flow0
-                    phase(TRANSFER_KINDS[tl.slot[i]])
-                    continue
-                if x is not None and router is not None:
-                    self._fresh(x)
-                w = wait0 if (i == i0 and wait0 is not None) else \
-                    tl.dense[i] * t_dense + tl.expert[i] * t_exp + \
-                    (x.t.latency if x is not None else 0.0)
-                if x is None:
-                    if w > 0:
-                        yield env.timeout(w)
-                        phase(tl.busy[i])
-                    continue
-                yield env.timeout(w)
-                phase(tl.busy[i])
-                yield self._transfer(TRANSFER_KINDS[tl.slot[i]], x, r)
-                phase(TRANSFER_KINDS[tl.slot[i]])
+        n_seg = len(tl.slot)
 
-        train = None
-        if self.use_trains and not detail:
+        def train():
+            """The whole stage-step as one train, if no other flow or train holds its links
+            (a train re-formed after a split was measured to thrash under contention: the
+            replicas split each other's again and again)."""
             if router is not None:
                 for x in xfers:
                     if x is not None:
                         self._fresh(x)          # raises Unroutable
             latency = np.array([x.t.latency if x is not None else 0.0 for x in xfers] + [0.0])
-            train = self.net.start_train(_waits(tl.dense, t_dense, tl.expert, t_exp, tl.slot,
-                                                latency), tl.shape,
-                                         [x.prep if x is not None else None for x in xfers],
-                                         tl.labels, owner=r, tags=list(xfers))
-        if train is None:
-            yield from run_from(0)
-        else:
-            res = yield train
-            k = len(tl.slot) if res is None else res[0]
-            for i, x in enumerate(xfers):
+            return self.net.start_train(_waits(tl.dense, t_dense, tl.expert, t_exp, tl.slot,
+                                               latency), tl.shape,
+                                        [x.prep if x is not None else None for x in xfers],
+                                        tl.labels, owner=r, tags=list(xfers))
+
+        # the segments run as a train while their links are the stage's own; from a split
+        # on, one by one as events
+        i, wait0, flow0 = 0, None, None
+        try_train = self.use_trains and not detail
+        while i < n_seg:
+            if try_train:
+                try_train = False
+                t = train()
+                if t is not None:
+                    res = yield t
+                    k = n_seg if res is None else res[0]
+                    for u, x in enumerate(xfers):
+                        if x is not None:
+                            self._count_transfer(TRANSFER_KINDS[u], x, tl.count(u, i, k))
+                    if res is None:
+                        break
+                    _, wait_left, flow = res   # split by a flow claiming one of its links
+                    i = k
+                    if flow is not None:       # in transfer k: it goes on as that flow
+                        self._count_transfer(TRANSFER_KINDS[tl.slot[k]], xfers[tl.slot[k]])
+                        flow0 = flow
+                    else:                      # in the compute before transfer k
+                        wait0 = wait_left
+            x = xfers[tl.slot[i]] if tl.slot[i] >= 0 else None
+            if flow0 is not None:
+                yield flow0
+                phase(TRANSFER_KINDS[tl.slot[i]])
+            else:
+                if x is not None and router is not None:
+                    self._fresh(x)
+                w = wait0 if wait0 is not None else \
+                    tl.dense[i] * t_dense + tl.expert[i] * t_exp + \
+                    (x.t.latency if x is not None else 0.0)
+                if w > 0 or x is not None:
+                    yield env.timeout(w)
+                    phase(tl.busy[i])
                 if x is not None:
-                    self._count_transfer(TRANSFER_KINDS[i], x, tl.uses[i] if res is None else
-                                         int(np.count_nonzero(tl.slot[:k] == i)))
-            if res is not None:
-                _, wait_left, flow = res
-                if flow is not None:
-                    self._count_transfer(TRANSFER_KINDS[tl.slot[k]], xfers[tl.slot[k]])
-                yield from run_from(k, None if flow is not None else wait_left, flow)
+                    yield self._transfer(TRANSFER_KINDS[tl.slot[i]], x, r)
+                    phase(TRANSFER_KINDS[tl.slot[i]])
+            i, wait0, flow0 = i + 1, None, None
         end = env.now
         self._account(r, s, j, gpus, start, end, comp, mem)
 
