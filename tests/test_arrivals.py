@@ -103,3 +103,33 @@ def test_request_count_runs_offer_each_arrival_on_time(monkeypatch):
     a, b = both_ways(d, monkeypatch)
     identical(a, b)
     assert a.summary["requests_dropped"] > 0
+
+
+def test_arrivals_tied_with_other_events_come_first_either_way(tmp_path, monkeypatch):
+    """A trace whose every arrival ties with something: departures of a fixed interval (two
+    microbatches, every 10 ms), a GPU lost and its replica restarted at arrival instants,
+    and a last row at exactly duration_s. The rule: an arrival comes before the other events
+    of its instant, and the run covers [0, duration_s). Batched offering follows it as the
+    reference does (each arrival at its own event, offered by nothing else)."""
+    rows = ["arrival_s,prompt_tokens,output_tokens"]
+    rows += [f"{k / 100:.2f},64,3" for k in range(41)]          # 0.00 .. 0.40
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    d = small_run()
+    d["racks"] = 1
+    d["layout"] = {"expert_parallel": 4, "data_parallel": 2, "microbatches": 2,
+                   "pipeline_parallel": 1}
+    d["batching"] = {"policy": "fixed_interval", "interval": "20 ms", "max_batch": 64}
+    d["workload"] = {"arrival": {"process": "trace", "path": str(tmp_path / "t.csv")},
+                     "prompt_tokens": {"dist": "trace"}, "output_tokens": {"dist": "trace"},
+                     "duration_s": 0.4, "warmup_s": 0.0}
+    d["faults"] = [{"kind": "gpu_lost", "gpu": 1, "start": 0.2,      # replica 0
+                    "policy": "restart_replica", "restart_after": 0.1}]
+    a, b = both_ways(d, monkeypatch)
+    identical(a, b)
+    assert len(a.requests) == 40                 # the row at 0.40 is not part of the run
+    req = a.requests
+    assert (req.replica == 1).any() and (req.status == "failed").any()
+    # the arrival at the fault's instant (dealt to replica 0) came first: it joined the
+    # replica, which then stopped
+    at_fault = req[req.arrival_s == 0.2]
+    assert len(at_fault) == 1 and at_fault.status.iloc[0] == "failed"

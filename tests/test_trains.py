@@ -281,11 +281,13 @@ def test_faults_split_trains_and_results_match_layer_by_layer(faults, mid_transf
         assert a.summary["faults"]["flows_rerouted_in_flight"] >= 1
 
 
-@pytest.mark.parametrize("layout, racks", [
-    ({"expert_parallel": 8, "pipeline_parallel": 2, "microbatches": 2}, 2),
-    ({"expert_parallel": 4, "pipeline_parallel": 4, "microbatches": 4}, 2),   # 2 per rack
-    ({"expert_parallel": 8, "pipeline_parallel": 2, "data_parallel": 2}, 4)])
-def test_stages_laid_out_alike_share_transfers_with_identical_results(layout, racks,
+@pytest.mark.parametrize("layout, racks, domain", [
+    ({"expert_parallel": 8, "pipeline_parallel": 2, "microbatches": 2}, 2, 8),
+    ({"expert_parallel": 4, "pipeline_parallel": 4, "microbatches": 4}, 2, 8),   # 2 a rack
+    ({"expert_parallel": 8, "pipeline_parallel": 2, "data_parallel": 2}, 4, 8),
+    # each stage's EP group spans two domains: NIC and spine links are mapped too
+    ({"expert_parallel": 8, "pipeline_parallel": 2, "microbatches": 2}, 2, 4)])
+def test_stages_laid_out_alike_share_transfers_with_identical_results(layout, racks, domain,
                                                                       monkeypatch):
     """A stage whose GPUs sit like an earlier stage's takes that stage's dispatch and
     combine with its link ids mapped: every figure is what computing them gives."""
@@ -293,13 +295,18 @@ def test_stages_laid_out_alike_share_transfers_with_identical_results(layout, ra
 
     d = small_run()
     d["layout"], d["racks"] = layout, racks
+    d["hardware"] = {**TOY_HARDWARE, "scale_up": {**TOY_HARDWARE["scale_up"],
+                                                  "domain_gpus": domain},
+                     "scale_out": {**TOY_HARDWARE["scale_out"], "topology": "rail_optimized",
+                                   "oversubscription": 2.0}}
     d["engine"] = {"trace_detail_steps": 5}
     runs, mapped = [], []
     real = engine.Simulation._mapped
 
     def counting(self, x, m):
-        mapped.append(1)
-        return real(self, x, m)
+        y = real(self, x, m)
+        mapped.append(self.cluster.tier[y.prep.links].max() if y.prep is not None else 0)
+        return y
 
     monkeypatch.setattr(engine.Simulation, "_mapped", counting)
     for share in (True, False):
@@ -307,6 +314,7 @@ def test_stages_laid_out_alike_share_transfers_with_identical_results(layout, ra
         runs.append(simulate(scenario_from_dict(copy.deepcopy(d))))
         if share:
             assert len(mapped) > 20            # stages did share
+            assert (max(mapped) > 0) == (domain < layout["expert_parallel"])   # scale-out
     a, b = runs
     pd.testing.assert_frame_equal(a.steps, b.steps)
     pd.testing.assert_frame_equal(a.links, b.links)

@@ -182,8 +182,8 @@ def link_map(cluster: Cluster, a: np.ndarray, b: np.ndarray) -> np.ndarray | Non
     src, dst = src[keep], dst[keep]
     nonbinding = c.nonbinding
     if not (np.array_equal(c.capacity[src], c.capacity[dst])
-                               and np.array_equal(c.tier[src], c.tier[dst])
-                               and np.array_equal(nonbinding[src], nonbinding[dst])):
+            and np.array_equal(c.tier[src], c.tier[dst])
+            and np.array_equal(nonbinding[src], nonbinding[dst])):
         return None
     m = np.arange(c.n_links)
     m[src] = dst

@@ -93,7 +93,7 @@ class LayerCosts:
     def expert_phase(self, expert_tokens: np.ndarray):
         """Routed experts on each GPU given tokens per expert (length E):
         (time, compute_bound) arrays over G GPUs."""
-        t, cb = _expert_phase(np.asarray(expert_tokens, dtype=np.int64), self.ep,
+        t, cb = _expert_phase(np.asarray(expert_tokens, dtype=float), self.ep,
                               self.experts_per_rank, self.expert_params, self.tp, self.bpp,
                               self.flops, self.bandwidth)
         if self.tp == 1:

@@ -161,12 +161,13 @@ def _prepare(links, load, capacity, tier, binding, tier_links):   # pragma: no c
 def _reserve_train(links, reserved, pool_count, train, waits, pidx, xdur,
                    now):   # pragma: no cover
     """Network.start_train's arithmetic (compiled): if no train or shared flow holds any
-    of `links`, reserve them for `train` and return the absolute end of each of its
-    [wait0, xfer0, wait1, xfer1, ...] and how many of those take time; else an empty
-    array. Segment k waits waits[k], then runs transfer pidx[k] for xdur[pidx[k]]."""
+    of `links`, reserve them for `train` and return True, the absolute end of each of its
+    [wait0, xfer0, wait1, xfer1, ...] and how many of those take time; else False and
+    nothing reserved. Segment k waits waits[k], then runs transfer pidx[k] for
+    xdur[pidx[k]]."""
     for i in range(len(links)):
         if reserved[links[i]] >= 0 or pool_count[links[i]] != 0:
-            return np.empty(0), 0
+            return False, np.empty(0), 0
     for i in range(len(links)):
         reserved[links[i]] = train
     ends = np.empty(2 * len(waits))
@@ -178,7 +179,7 @@ def _reserve_train(links, reserved, pool_count, train, waits, pidx, xdur,
         acc += xdur[pidx[k]]           # pidx -1: the last entry, 0 (nothing moves)
         ends[2 * k + 1] = now + acc
         events += (waits[k] != 0.0) + (xdur[pidx[k]] != 0.0)
-    return ends, events
+    return True, ends, events
 
 
 @numba.njit(cache=True, nogil=True)
@@ -190,8 +191,9 @@ def _max_min(links, load, offsets, capacity, tier, tier_links, slot):   # pragma
     on return.
 
     Returns, per flow, its bytes/s on its most loaded link; per entry k, its link's
-    utilisation (duplicates included, as `links`); the saturated links (each once) and
-    their tiers, ascending; and each tier's mean utilisation over all its links. When no
+    utilisation (duplicates included, as `links`); the saturated links (each once, in
+    order of first appearance) and their tiers (ascending); and each tier's mean
+    utilisation over all its links. When no
     link is shared the flows run as if alone: empty arrays (the caller has those figures)."""
     n_f, n_e = len(offsets) - 1, len(links)
     union = np.empty(n_e, np.int64)
@@ -589,10 +591,10 @@ class Network:
         m = shape.moving(tuple(moves))
         xdur = np.array(xdur)
         now = self.env.now
-        ends, events = _reserve_train(links, self._reserved, self._pool_count,
-                                      self._next_train, np.asarray(waits, dtype=float),
-                                      m.pidx, xdur, now)
-        if not len(ends):   # another flow or train holds one of its links
+        free, ends, events = _reserve_train(links, self._reserved, self._pool_count,
+                                            self._next_train, np.asarray(waits, dtype=float),
+                                            m.pidx, xdur, now)
+        if not free:        # another flow or train holds one of its links
             return None
         moved = 0.0
         for c, p in zip(m.uses, preps):

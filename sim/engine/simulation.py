@@ -59,6 +59,17 @@ SERIES_BINS = 20000
 SERIES_DEFAULT_SPAN = 20.0
 
 
+class _ArrivalTimeout(simpy.events.Event):
+    """A timeout processed before the NORMAL events of its instant (SimPy's URGENT
+    priority): an arrival comes before whatever else happens at the same time. Built as
+    simpy.Timeout is, with the other priority."""
+
+    def __init__(self, env: simpy.Environment, delay: float):
+        super().__init__(env)
+        self._ok, self._value = True, None
+        env.schedule(self, simpy.events.URGENT, delay)
+
+
 class CountingEnvironment(simpy.Environment):
     """A SimPy environment that counts the events it processes."""
 
@@ -142,10 +153,9 @@ class Timeline:
     shape: TrainShape     # the same order as a train's segments (network.start_train)
     uses: tuple           # per TRANSFER_KINDS slot: how many segments end with it
 
-    def count(self, u: int, a: int, b: int) -> int:
-        """Segments a..b-1 that end with transfer slot u."""
-        return self.uses[u] if a == 0 and b == len(self.slot) else \
-            int(np.count_nonzero(self.slot[a:b] == u))
+    def count(self, u: int, k: int) -> int:
+        """Segments before k that end with transfer slot u."""
+        return self.uses[u] if k == len(self.slot) else int(np.count_nonzero(self.slot[:k] == u))
 
 
 def stage_timeline(moe: np.ndarray, tp: int, ep: int) -> Timeline:
@@ -271,6 +281,7 @@ class Simulation:
         self._pending_at = 0
         self._offered = 0                 # open arrivals offered so far
         self._feeder_parked: simpy.Event | None = None
+        self.batch_arrivals = BATCH_ARRIVALS
         self.all_done = self.env.event()
         self.batching = s.batching
         self.prefill = getattr(self.batching, "prefill", "chunked")
@@ -311,7 +322,7 @@ class Simulation:
             end = w.duration_s if w.duration_s is not None else np.inf
             left = w.requests
             for t in iter_trace(self.scenario.base_dir / w.arrival.path):
-                keep = t.arrival_s <= end
+                keep = t.arrival_s < end       # the run covers [0, duration_s)
                 a, p, o = t.arrival_s[keep], t.prompt_tokens[keep], t.output_tokens[keep]
                 if left is not None:
                     a, p, o = a[:left], p[:left], o[:left]
@@ -375,15 +386,20 @@ class Simulation:
         self._enqueue(r, self.req.add(at, prompt, output, r))
 
     def _feeder(self):
-        """One process for all open arrivals, dealt to replicas round robin. Arrivals are
-        offered in batches by `_catch_up`, which every reader of the queues calls first
-        (admission, replica stops and restarts, the end of the run): between two admissions
-        a queue only grows, so an arrival offered late finds the queue it would have found
-        on time, and costs no event. The feeder itself wakes at an arrival's time only when
-        that time matters: while some microbatch waits for work, and in runs that end after
-        a number of requests (a dropped or failed arrival may be the last to finish)."""
+        """One process for all open arrivals, dealt to replicas round robin. At an instant
+        an arrival shares with other events, the arrival comes first.
+
+        Arrivals are offered in batches by `_catch_up`, which whatever decides by the queues
+        calls first (admission, replica stops and restarts, the end of the run): between two
+        admissions a queue only grows, so an arrival offered late finds the queue it would
+        have found on time, and costs no event. (`_finish_step` looks at a queue only to wake
+        idle microbatches, and while one idles the feeder offers on time.) The feeder itself
+        wakes at an arrival's time only when that time matters: while some microbatch waits
+        for work, and in runs that end after a number of requests (a dropped or failed
+        arrival may be the last to finish). With BATCH_ARRIVALS off it offers every arrival
+        at its own event and nothing else does (the reference the tests compare with)."""
         env = self.env
-        timed = self.scenario.workload.duration_s is not None and BATCH_ARRIVALS
+        timed = self.scenario.workload.duration_s is not None and self.batch_arrivals
         while self._next_arrival() is not None:
             if timed and not any(self.waiters):
                 self._feeder_parked = env.event()
@@ -392,8 +408,8 @@ class Simulation:
             else:
                 t = self._next_arrival()
                 if t > env.now:
-                    yield env.timeout(t - env.now)
-            self._catch_up()
+                    yield _ArrivalTimeout(env, t - env.now)
+            self._catch_up(feeder=True)
         if self.target_requests is not None:  # a trace may hold fewer than asked
             self.target_requests = self._offered
             if self.finished >= self._offered and not self.all_done.triggered:
@@ -409,9 +425,12 @@ class Simulation:
             self._pending_t = chunk[0].tolist()    # for bisect, without numpy per call
         return self._pending_t[self._pending_at]
 
-    def _catch_up(self) -> None:
+    def _catch_up(self, feeder: bool = False) -> None:
         """Offer every open arrival due by now, in order: at once when no queue can fill up
-        and every replica is live (the common case), else one by one (`_offer`)."""
+        and every replica is live (the common case), else one by one (`_offer`). Only the
+        feeder offers when arrivals are not batched."""
+        if not (feeder or self.batch_arrivals):
+            return
         now, R = self.env.now, self.R
         while (t := self._next_arrival()) is not None and t <= now:
             times, prompts, outputs = self._pending
@@ -419,7 +438,7 @@ class Simulation:
             j = bisect.bisect_right(self._pending_t, now, i)
             k0 = self._offered
             n = j - i
-            room = self.max_queue - n          # each replica gets at most n of them
+            room = self.max_queue - -(-n // R)   # each replica gets at most ceil(n / R)
             if self.n_alive == R and all(len(q) <= room for q in self.queues):
                 ids = self.req.add(times[i:j], prompts[i:j], outputs[i:j],
                                    np.arange(k0, k0 + n) % R).tolist()
@@ -634,7 +653,9 @@ class Simulation:
         return x
 
     def _mapped(self, x: _Xfer, m: np.ndarray) -> _Xfer:
-        """Transfer x on the links m maps its links to (collectives.link_map)."""
+        """Transfer x on the links m maps its links to (collectives.link_map). Without
+        faults only: it keeps no matrix to route again (_dispatch_pair returns earlier when
+        links can go down)."""
         y = _Xfer()
         y.src = y.matrix = y.dst = y.hops = None
         y.epoch = 0
@@ -771,7 +792,7 @@ class Simulation:
                     k = n_seg if res is None else res[0]
                     for u, x in enumerate(xfers):
                         if x is not None:
-                            self._count_transfer(TRANSFER_KINDS[u], x, tl.count(u, i, k))
+                            self._count_transfer(TRANSFER_KINDS[u], x, tl.count(u, k))
                     if res is None:
                         break
                     _, wait_left, flow = res   # split by a flow claiming one of its links
@@ -998,7 +1019,7 @@ class Simulation:
         self.gpu_network[gpus] += np.maximum(inside - (comp + mem) * share, 0.0)
 
     def _result(self, end: float, wall: float) -> EngineResult:
-        self._catch_up()         # every arrival up to the end is offered
+        self._catch_up()         # every arrival of the run is offered (all come before `end`)
         self.net.finish_stats()  # bring link statistics up to the end
         self._account_unfinished(end)
         window = end - self.warmup
