@@ -336,7 +336,7 @@ class _Moving:
     uses: tuple           # per transfer: how many segments run it
 
 
-@dataclass
+@dataclass(slots=True)
 class Train:
     """A stage-step's whole sequence of waits and transfers, run as one event while no other
     flow touches its links (the solo times are then exact). `seg_end` holds absolute end
@@ -723,8 +723,9 @@ class Network:
             secs = np.bincount(u, weights=dw, minlength=n_p)
             used = np.flatnonzero(secs > 0).tolist()
             links = np.concatenate([preps[v].links for v in used])
-            load = np.concatenate([preps[v].load * (preps[v].size * in_window[v])
-                                   for v in used])
+            scale = np.array([preps[v].size for v in used]) * in_window[used]   # bytes
+            load = np.concatenate([preps[v].load for v in used]) * \
+                np.repeat(scale, [len(preps[v].links) for v in used])
             st.bytes += np.bincount(links, weights=load, minlength=len(st.bytes))
             sat = [preps[v].alone_sat for v in used]
             st.saturated += np.bincount(

@@ -439,7 +439,7 @@ class Simulation:
             k0 = self._offered
             n = j - i
             room = self.max_queue - -(-n // R)   # each replica gets at most ceil(n / R)
-            if self.n_alive == R and all(len(q) <= room for q in self.queues):
+            if self.n_alive == R and max(map(len, self.queues)) <= room:
                 ids = self.req.add(times[i:j], prompts[i:j], outputs[i:j],
                                    np.arange(k0, k0 + n) % R).tolist()
                 self.arrived_in_window += n if t >= self.warmup else \
