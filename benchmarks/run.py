@@ -8,6 +8,7 @@ add the waits and transfers layer trains resolved without the loop (each is at l
 SimPy event when the same run goes flow by flow; `engine.layer_trains: false`).
 
     make bench                                  # every reference scenario, as committed
+    python benchmarks/run.py --repeat 3         # three interleaved rounds, median and range
     python benchmarks/run.py --duration 5 S M-dp4   # quicker: 5 simulated s after warm-up
     python benchmarks/run.py --duration 2 --profile M-pp2-dp2   # where the time goes
 
@@ -137,6 +138,9 @@ def main() -> None:
                     help="profile each run (cProfile): top functions printed, "
                          "benchmarks/profile-NAME.pstats written; timings then include "
                          "the profiler's overhead")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs per scenario, in interleaved rounds (a shared machine's "
+                         "speed drifts); each row is the median run, all runs are kept")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--a2a", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -149,23 +153,29 @@ def main() -> None:
     names = a.names or sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
     bare = bare_simpy_rate()
     floor = one_numpy_op_rate()
+    runs: dict = {name: [] for name in names}
+    for _ in range(max(a.repeat, 1)):
+        for name in names:
+            path = SCENARIOS / f"{name}.yaml"
+            if not path.exists() and (EXTRA / f"{name}.yaml").exists():
+                path = EXTRA / f"{name}.yaml"
+            cmd = [sys.executable, __file__, "--child", str(path)] + \
+                (["--profile"] if a.profile else [])
+            if a.duration is not None:
+                cmd += ["--duration", str(a.duration)]
+            env = {**os.environ, **{k: "1" for k in ONE_THREAD}}
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+            if a.profile:
+                print(done.stderr, flush=True)
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            runs[name].append(row)
+            print(f"{name}: {row['sim_s_per_wall_s']:.3f} simulated s per wall s", flush=True)
     rows = []
-    for name in names:
-        path = SCENARIOS / f"{name}.yaml"
-        if not path.exists() and (EXTRA / f"{name}.yaml").exists():
-            path = EXTRA / f"{name}.yaml"
-        cmd = [sys.executable, __file__, "--child", str(path)] + \
-            (["--profile"] if a.profile else [])
-        if a.duration is not None:
-            cmd += ["--duration", str(a.duration)]
-        env = {**os.environ, **{k: "1" for k in ONE_THREAD}}
-        done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-        if a.profile:
-            print(done.stderr, flush=True)
-        out = done.stdout
-        row = json.loads(out.strip().splitlines()[-1])
+    for name in names:   # the median run (by speed), with every run's speed beside it
+        by_speed = sorted(runs[name], key=lambda r: r["sim_s_per_wall_s"])
+        row = by_speed[(len(by_speed) - 1) // 2]
+        row["sim_s_per_wall_s_runs"] = [r["sim_s_per_wall_s"] for r in runs[name]]
         rows.append(row)
-        print(f"{name}: {row['sim_s_per_wall_s']:.3f} simulated s per wall s", flush=True)
     a2a = json.loads(subprocess.run([sys.executable, __file__, "--a2a"], capture_output=True,
                                     text=True, check=True).stdout)
     small = min(rows, key=lambda r: r["gpus"]) if rows else None
@@ -181,10 +191,13 @@ def main() -> None:
     print(f"\nbare SimPy: {bare:,.0f} events/s ({floor / bare:.2f} of it with one numpy "
           f"reduction per event); one 576-GPU all-to-all: {a2a['wall_s'] * 1e3:.1f} ms wall "
           f"({a2a['first_call_wall_s'] * 1e3:.0f} ms as a fresh process's first compiled call)")
-    print(f"{'scenario':12} {'GPUs':>5} {'sim s/wall s':>12} {'events/s':>10} {'vs bare':>8} "
-          f"{'resolved/s':>11} {'vs bare':>8} {'wall/sim vs S':>13} {'peak MB':>8}")
+    print(f"{'scenario':12} {'GPUs':>5} {'sim s/wall s':>12} {'(range)':>13} {'events/s':>10} "
+          f"{'vs bare':>8} {'resolved/s':>11} {'vs bare':>8} {'wall/sim vs S':>13} "
+          f"{'peak MB':>8}")
     for r in rows:
+        lo, hi = min(r["sim_s_per_wall_s_runs"]), max(r["sim_s_per_wall_s_runs"])
         print(f"{r['scenario']:12} {r['gpus']:>5} {r['sim_s_per_wall_s']:>12.3f} "
+              f"{f'{lo:.2f}-{hi:.2f}':>13} "
               f"{r['events_per_s']:>10,.0f} {r['events_vs_bare_simpy']:>8.3f} "
               f"{r['resolved_events_per_s']:>11,.0f} {r['resolved_events_vs_bare_simpy']:>8.3f} "
               f"{r['wall_per_sim_s_vs_smallest']:>13.1f} {r['peak_rss_mb']:>8,.0f}")

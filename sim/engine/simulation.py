@@ -70,6 +70,38 @@ class _ArrivalTimeout(simpy.events.Event):
         env.schedule(self, simpy.events.URGENT, delay)
 
 
+class StageLock:
+    """A pipeline stage: one microbatch at a time, the others queued first come first
+    served: simpy.Resource(capacity=1) with less bookkeeping. A free stage is granted by an
+    event already triggered, so the caller goes on after the other events of the instant
+    (a fault starting then applies to its step), as with a Resource."""
+
+    __slots__ = ("env", "held", "queue")
+
+    def __init__(self, env: simpy.Environment):
+        self.env, self.held, self.queue = env, False, deque()
+
+    def acquire(self) -> simpy.Event:
+        """An event that fires when the stage is the caller's."""
+        ev = self.env.event()
+        if self.held:
+            self.queue.append(ev)
+        else:
+            self.held = True
+            ev.succeed()
+        return ev
+
+    def release(self, wait: simpy.Event) -> None:
+        """Give the stage up (to the next in line), or leave the queue if `wait` (what
+        acquire returned) was never granted: the caller was interrupted while waiting."""
+        if not wait.triggered:
+            self.queue.remove(wait)
+        elif self.queue:
+            self.queue.popleft().succeed()     # handed over: it stays held
+        else:
+            self.held = False
+
+
 class CountingEnvironment(simpy.Environment):
     """A SimPy environment that counts the events it processes."""
 
@@ -245,7 +277,7 @@ class Simulation:
         self.queues: list[deque] = [deque() for _ in range(self.R)]
         self.slots = [[Slot() for _ in range(self.M)] for _ in range(self.R)]
         self.waiters: list[list[simpy.Event]] = [[] for _ in range(self.R)]
-        self.stages = [[simpy.Resource(self.env, 1) for _ in range(self.P)]
+        self.stages = [[StageLock(self.env) for _ in range(self.P)]
                        for _ in range(self.R)]
         self.inflight = [Interval(self.warmup) for _ in range(self.R)]
         self.kv_capacity = kv_capacity_tokens(s.model, s.layout, s.hardware.gpu.hbm_bytes)
@@ -578,11 +610,15 @@ class Simulation:
                 self.inflight[r].change(start, +1)
                 shared: dict = {}   # work every stage of this step shares (_step_work)
                 for s in range(self.P):
-                    with self.stages[r][s].request() as hold:
-                        yield hold
+                    lock = self.stages[r][s]
+                    wait = lock.acquire()
+                    try:
+                        yield wait
                         if s == 0:  # a step's time runs from getting the first stage
                             start = env.now
                         yield from self._run_stage(r, s, j, plan, detail, shared)
+                    finally:
+                        lock.release(wait)
                     if s < self.P - 1:
                         yield from self._stage_boundary(r, s, plan, detail)
                 if self.P > 1:  # the sampled token returns to the first stage
