@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from sim.engine.sampling import _FROM_ZERO, LogFactorials, categories, multinomial
+from sim.engine.sampling import (_ZERO_ODDS, _ZERO_ODDS_ROWS, LogFactorials, _exp, categories,
+                                 multinomial)
 
 M64 = 2**64
 
@@ -56,17 +57,22 @@ def reference_uniforms(seed: int, count: int) -> np.ndarray:
     return np.array(u)
 
 
-def from_zero(n: int, p: float) -> bool:
-    """The sampler's choice of order: from zero when P(X = 0) >= exp(-_FROM_ZERO)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return bool(n * np.log1p(-p) >= -_FROM_ZERO)
+def odds(p: float) -> float:
+    return p / (1.0 - p) if p < 1.0 else np.inf
 
 
-def reference_binomial(n: int, p: float, U) -> np.ndarray:
+def from_zero(top: int, column_odds: float, shared: bool) -> bool:
+    """The sampler's choice of order for a column: from zero when its largest n times the
+    largest odds p / q of its rows is below the threshold (one distribution, or one a row)."""
+    with np.errstate(invalid="ignore"):
+        return bool(top * column_odds < (_ZERO_ODDS if shared else _ZERO_ODDS_ROWS))
+
+
+def reference_binomial(n: int, p: float, U, zero: bool) -> np.ndarray:
     """The outcome of each uniform in U by inversion with scipy's pmf (written apart from
-    the sampler: no shared recurrences) in the order 0, 1, 2, ... when from_zero(n, p),
-    else m, m+1, m-1, m+2, ..."""
-    if from_zero(n, p):
+    the sampler: no shared recurrences) in the order 0, 1, 2, ... when `zero`, else
+    m, m+1, m-1, m+2, m-2, ... from the mode m."""
+    if zero:
         order = list(range(n + 1))
     else:
         m = min(int((n + 1) * p), n)
@@ -76,6 +82,29 @@ def reference_binomial(n: int, p: float, U) -> np.ndarray:
     cdf = np.cumsum(stats.binom.pmf(np.array(order), n, p))
     k = np.searchsorted(cdf, np.asarray(U, dtype=float))
     return np.array(order)[np.minimum(k, n)]
+
+
+def reference_chain(n: np.ndarray, p: np.ndarray, seed: int) -> tuple[np.ndarray, set]:
+    """The multinomial draws of rows n over p (one row of p for all, or one each) by the
+    chain of reference binomials: category j of row i with the uniform j * rows + i, in the
+    order the sampler chooses for column j; and the orders taken ("zero", "mode")."""
+    rows, K = len(n), p.shape[1]
+    shared = p.shape[0] == 1
+    u = reference_uniforms(seed, rows * (K - 1)).reshape(K - 1, rows)
+    p = p / p.sum(axis=1, keepdims=True)
+    left = np.array(n, dtype=np.int64)
+    out = np.zeros((rows, K), dtype=np.int64)
+    orders = set()
+    for j in range(K - 1):
+        cond = [min(pi[j] / pi[j:].sum(), 1.0) if pi[j:].sum() > 0 else 1.0 for pi in p]
+        zero = from_zero(int(left.max()), max(odds(c) for c in cond), shared)
+        orders.add("zero" if zero else "mode")
+        for i in range(rows):
+            x = int(reference_binomial(int(left[i]), cond[0 if shared else i], u[j, i], zero))
+            out[i, j] = x
+            left[i] -= x
+    out[:, K - 1] = left
+    return out, orders
 
 
 def test_splitmix64_gives_its_published_outputs():
@@ -91,37 +120,96 @@ def test_each_uniform_gives_the_outcome_of_an_independent_inversion():
     logf = LogFactorials()
     cases = [(n, p) for n in (1, 2, 7, 40, 72, 73, 1100) for p in (0.003, 1 / 64, 0.3, 0.5, 0.8)]
     cases += [(20000, 0.01), (20000, 0.5)]
-    orders = {from_zero(n, p) for n, p in cases}
+    cases += [(1000, 0.016), (1100, 0.0145)]     # means about 16 (from zero)
+    cases += [(1100, 0.25), (1050, 0.27)]        # means about 280 (from the mode)
+    cases += [(117, 0.5), (118, 0.5), (275, 0.3), (276, 0.3)]   # either side of the switch
+    orders = {from_zero(n, odds(p), True) for n, p in cases}
     assert orders == {True, False}              # both orders are exercised
+    assert not from_zero(118, 1.0, True) and from_zero(117, 1.0, True)
+    assert not from_zero(276, odds(0.3), True) and from_zero(275, odds(0.3), True)
     for seed, (n, p) in enumerate(cases):
         seed = seed * 0x5851F42D4C957F2D % 2**53   # seeds spread over their 53 bits
         u = reference_uniforms(seed, 1000)
         got = multinomial(Seeded(seed), np.full(1000, n), categories([p, 1 - p]), logf)[:, 0]
-        assert got.tolist() == reference_binomial(n, p, u).tolist(), (n, p)
+        zero = from_zero(n, odds(p), True)
+        assert got.tolist() == reference_binomial(n, p, u, zero).tolist(), (n, p)
 
 
 @pytest.mark.parametrize("shared", [True, False])
 def test_each_row_is_the_chain_of_an_independent_inversion(shared):
-    """Rows of many sizes (both orders in one column) and K = 6 categories, one distribution
-    for all rows or one per row: category j of row i is the reference binomial of what the
-    categories before it left, with the uniform j * rows + i."""
+    """Rows of many sizes (a wide spread of n in every column) and K = 6 categories, one
+    distribution for all rows or one per row: category j of row i is the reference binomial
+    of what the categories before it left, with the uniform j * rows + i."""
     rng = np.random.default_rng(9)
     rows, K, seed = 80, 6, 2024
     p = rng.dirichlet(np.ones(K), size=1 if shared else rows)
     p[:, 3] = 0.0
     n = rng.choice([0, 1, 5, 30, 200, 900, 5000], size=rows)
     got = multinomial(Seeded(seed), n, categories(p), LogFactorials(16))
-    u = reference_uniforms(seed, rows * (K - 1)).reshape(K - 1, rows)
-    p = p / p.sum(axis=1, keepdims=True)
-    for i in range(rows):
-        pi = p[0 if shared else i]
-        left = int(n[i])
-        for j in range(K - 1):
-            cond = min(pi[j] / pi[j:].sum(), 1.0)
-            x = int(reference_binomial(left, cond, u[j, i]))
-            assert got[i, j] == x, (i, j)
-            left -= x
-        assert got[i, K - 1] == left
+    want, orders = reference_chain(n, p, seed)
+    assert orders == {"zero", "mode"}
+    assert (got == want).all()
+
+
+def zipf_routing(rows: int, K: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A step's routing sizes: rows of n to n + 15% copies, and expert popularity (Zipf 0.2):
+    256 experts folded into K ranks (the 64 x 64 call), or 4 experts a row split over each
+    row's own (the 64 x 4 call, when K == 4)."""
+    pop = np.arange(1, (4 * rows if K == 4 else 256) + 1, dtype=float) ** -0.2
+    p = pop.reshape(rows, 4) if K == 4 else pop.reshape(K, -1).sum(axis=1)[None, :]
+    sizes = np.random.default_rng(seed).integers(n, n * 115 // 100, size=rows)
+    return sizes, p
+
+
+@pytest.mark.parametrize("rows, K, n, seed, orders", [
+    (64, 64, 1000, 1, {"zero"}),            # 64 x 64, means about 16: q^n from a table
+    (64, 64, 4000, 2, {"zero", "mode"}),    # means about 60: columns of either order
+    (64, 4, 1000, 3, {"mode"}),             # 64 x 4, a distribution a row, means about 280
+    (64, 4, 160, 4, {"zero", "mode"}),      # either side of the switch, column by column
+    (13, 4, 1000, 5, {"mode"}),             # rows not a multiple of the vector width
+    (13, 64, 1000, 6, {"zero"}),
+])
+def test_routing_sized_calls_follow_the_reference(rows, K, n, seed, orders):
+    sizes, p = zipf_routing(rows, K, n, seed)
+    got = multinomial(Seeded(seed), sizes, categories(p), LogFactorials())
+    want, taken = reference_chain(sizes, p, seed)
+    assert taken == orders
+    assert (got == want).all()
+
+
+def test_the_mode_order_with_lanes_of_mean_16():
+    """A column whose largest odds send it from the mode takes every lane that way, rows of
+    mean 16 with n about 1,000 among them (one distribution per row)."""
+    rows, seed = 64, 77
+    n = np.full(rows, 1000)
+    p = np.tile([1 / 64, 1 - 1 / 64], (rows, 1))
+    p[::8] = [0.5, 0.5]                          # odds 1: the column goes from the mode
+    assert not from_zero(1000, 1.0, False)
+    got = multinomial(Seeded(seed), n, categories(p), LogFactorials())
+    want, taken = reference_chain(n, p, seed)
+    assert taken == {"mode"}
+    assert (got == want).all()
+
+
+@pytest.mark.parametrize("n, p", [(89, 0.5), (90, 0.5)])
+def test_either_side_of_the_switch_with_a_distribution_a_row(n, p):
+    rows, seed = 200, 31
+    assert from_zero(89, 1.0, False) and not from_zero(90, 1.0, False)
+    pr = np.tile([p, 1 - p], (rows, 1))
+    got = multinomial(Seeded(seed), np.full(rows, n), categories(pr), LogFactorials())
+    want, taken = reference_chain(np.full(rows, n), pr, seed)
+    assert taken == ({"zero"} if n < 90 else {"mode"})
+    assert (got == want).all()
+
+
+def test_exp_is_within_a_few_units_in_the_last_place():
+    y = np.concatenate([-np.linspace(0, 700, 20001), np.linspace(0, 1, 1001),
+                        -np.random.default_rng(0).random(5000) * 60])
+    got = np.array([_exp(v) for v in y])
+    want = np.exp(y.astype(np.longdouble))
+    rel = np.abs((got - want) / want).astype(float)
+    assert rel.max() < 4 * 2.0**-53 * 2          # 4 units in the last place (of [1, 2))
+    assert _exp(0.0) == 1.0
 
 
 def assert_fits_pmf(x: np.ndarray, n: int, p: float):
