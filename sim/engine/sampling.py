@@ -79,16 +79,13 @@ _U64 = np.uint64
 @dataclass(frozen=True)
 class Categories:
     """Category probabilities prepared for `multinomial`: row r of `p` is one distribution
-    (a single row serves every draw row); the chain's conditional probabilities p_j /
-    (1 - p_0 - ... - p_{j-1}), their logs, log(1 - .), and odds; `prob` stacks cond, log_p,
-    log_q, odds and 1 / odds for the kernel, `odds_max` is each column's largest odds."""
+    (a single row serves every draw row). For the kernel, `prob` stacks, per row and
+    category, the chain's conditional probability cond = p_j / (1 - p_0 - ... - p_{j-1}),
+    log(cond), log(1 - cond), the odds cond / (1 - cond) and their inverse; `odds_max` is
+    each category's largest odds over the rows."""
 
-    p: np.ndarray       # [rows, K]
-    cond: np.ndarray
-    log_p: np.ndarray
-    log_q: np.ndarray
-    odds: np.ndarray
-    prob: np.ndarray    # [5, rows, K]
+    p: np.ndarray         # [rows, K]
+    prob: np.ndarray      # [5, rows, K]
     odds_max: np.ndarray  # [K]
 
 
@@ -106,12 +103,12 @@ def categories(p: np.ndarray) -> Categories:
         odds = np.divide(cond, 1.0 - cond, out=np.full_like(cond, np.inf), where=cond < 1)
         evens = np.divide(1.0 - cond, cond, out=np.full_like(cond, np.inf), where=cond > 0)
     prob = np.ascontiguousarray(np.stack([cond, log_p, log_q, odds, evens]))
-    return Categories(p, cond, log_p, log_q, odds, prob, odds.max(axis=0))
+    return Categories(p, prob, odds.max(axis=0))
 
 
 class LogFactorials:
-    """log(k!) (`table`) and 1/k (`inverse`; 0 at k = 0) for k = 0..n and a few beyond,
-    grown on demand (`tables` stacks the two for the kernel)."""
+    """`tables`: log(k!) and 1/k (0 at k = 0) for k = 0..n and a few beyond, grown on
+    demand (`upto`)."""
 
     def __init__(self, n: int = 4096):
         self._build(n)
@@ -120,12 +117,12 @@ class LogFactorials:
         k = np.arange(n + 1, dtype=float)
         self.tables = np.stack([gammaln(k + 1.0),
                                 np.divide(1.0, k, out=np.zeros_like(k), where=k > 0)])
-        self.table, self.inverse = self.tables
 
-    def upto(self, n: int) -> np.ndarray:
-        if n + _STEPS >= len(self.table):
-            self._build(max(n + _STEPS + 1, 2 * len(self.table)))
-        return self.table
+    def upto(self, n: int) -> None:
+        """Grow the tables to cover n (and the _STEPS beyond it a pass may read)."""
+        size = self.tables.shape[1]
+        if n + _STEPS >= size:
+            self._build(max(n + _STEPS + 1, 2 * size))
 
 
 def multinomial(rng: np.random.Generator, n: np.ndarray, cats: Categories,
