@@ -99,10 +99,14 @@ class Run:
     def steps(self) -> pd.DataFrame:
         return self.tables.steps
 
-    def write(self, out: str | Path, plots: bool = True) -> list[Path]:
-        from .results.write import write_results  # noqa: PLC0415
+    def write(self, out: str | Path, plots: bool = True, force: bool = False) -> list[Path]:
+        """Write the run folder: into a new or empty folder, or over a run folder racksim
+        wrote (replaced whole); a folder holding other files needs `force`, which writes
+        beside them and deletes nothing (results.write.check_out)."""
+        from .results.write import check_out, write_results  # noqa: PLC0415
 
-        return write_results(self.result, self.tables, Path(out), plots=plots)
+        merge = check_out(Path(out), "run", force)
+        return write_results(self.result, self.tables, Path(out), plots=plots, merge=merge)
 
 
 def simulate(scenario: Scenario, progress=None) -> Run:

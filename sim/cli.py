@@ -13,9 +13,9 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from . import roofline as rf
+from .results.console import Table, stdout_console
 from .spec import RacksimError, list_presets, load_hardware, load_model, load_scenario
 from .spec.scenario import scenario_json_schema
 from .spec.units import format_quantity as fq
@@ -24,10 +24,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="racksim: discrete-event simulator of multi-rack LLM inference clusters")
 show_app = typer.Typer(no_args_is_help=True, help="Show presets and what racksim derives from them.")
 app.add_typer(show_app, name="show")
-out = Console()
+out = stdout_console()   # never cuts a cell: wide off a terminal, folds on one
 err = Console(stderr=True)
 
 Scenario_ = Annotated[Path, typer.Argument(help="scenario YAML file")]
+Json_ = Annotated[bool, typer.Option("--json", help="print one JSON document instead of tables")]
+
+
+def _echo_json(doc) -> None:
+    typer.echo(json.dumps(doc, indent=2))
 
 
 def _roofline_table(r: rf.Roofline, title: str) -> Table:
@@ -53,6 +58,16 @@ def _roofline_table(r: rf.Roofline, title: str) -> Table:
         ("$ per million tokens", "n/a (no price_per_gpu_hour)" if r.cost_per_million_tokens is None
          else f"${r.cost_per_million_tokens:,.3f}"),
     ]
+    if r.communication_time_s is None:
+        rows.append(("communication", "not counted (compute and memory only)"))
+    else:
+        rows += [
+            ("communication per step (uncontended)", fq(r.communication_time_s, "s")),
+            ("step time with communication", fq(r.step_time_with_communication_s, "s")),
+            ("output tokens/s with communication",
+             f"{r.tokens_per_s_with_communication:,.0f} "
+             f"({r.tokens_per_s_per_gpu_with_communication:,.1f} per GPU)"),
+        ]
     for k, v in rows:
         t.add_row(k, v)
     return t
@@ -66,13 +81,17 @@ def roofline(
     as_json: Annotated[bool, typer.Option("--json", help="print results-format JSON")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="write the roofline pictures (PNG/SVG)")] = None,
 ):
-    """Closed-form roofline of the scenario's layout (domain.md sections 1 and 4)."""
+    """Closed-form roofline of the scenario's layout (domain.md sections 1 and 4), and the
+    same step with its collectives added, each alone on its links (no contention, no
+    queueing: still a bound; `racksim capacity` simulates what the deployment sustains)."""
     if batch is not None and batch <= 0:
         raise typer.BadParameter("must be positive", param_hint="--batch")
     if context is not None and context < 0:
         raise typer.BadParameter("must not be negative", param_hint="--context")
+    from .estimate import with_communication  # noqa: PLC0415
+
     s = load_scenario(scenario)
-    r = rf.for_scenario(s, batch=batch, context=context)
+    r = with_communication(s, rf.for_scenario(s, batch=batch, context=context))
     if plot is not None:
         from .results.roofline_plot import plot_roofline  # noqa: PLC0415 - matplotlib is slow
         plot_roofline(s, r, plot)
@@ -85,7 +104,10 @@ def roofline(
 
 
 class _LazyProgress:
-    """A progress bar that appears only when a run lasts more than a couple of seconds."""
+    """A progress bar that appears only when a run lasts more than a couple of seconds. Off a
+    terminal (a log file, CI) it prints a plain line instead, at most every `LOG_EVERY_S`."""
+
+    LOG_EVERY_S = 10.0
 
     def __init__(self, label: str, after_s: float = 2.0):
         import time  # noqa: PLC0415
@@ -96,11 +118,19 @@ class _LazyProgress:
         self._label = label
         self._bar = None
         self._task = None
+        self._logged = None   # wall time of the last plain line
 
     def __call__(self, done: float, total: float) -> None:
+        now = self._clock()
+        if now - self._t0 < self._after:
+            return
+        if not err.is_terminal:
+            if self._logged is None or now - self._logged >= self.LOG_EVERY_S:
+                self._logged = now
+                err.print(f"{self._label}: {done:.2f} of {total:g} s simulated",
+                          markup=False, highlight=False, soft_wrap=True)
+            return
         if self._bar is None:
-            if self._clock() - self._t0 < self._after:
-                return
             from rich.progress import (BarColumn, Progress, TextColumn,  # noqa: PLC0415
                                        TimeRemainingColumn)
 
@@ -127,10 +157,15 @@ def _summary_table(sm: dict) -> Table:
     t.add_column()
     lu = sm["link_utilisation"]
     g = sm["gpu_time_fraction"]
+    load = sm["load"]
     rows = [
+        ("load", ("[bold red]OVERLOADED[/]: " if sm["overloaded"] else "")
+         + load["text"].replace(": overloaded", "")),
+        *([("why overloaded", "; ".join(load["reasons"]))] if sm["overloaded"] else []),
         ("requests done / dropped / in flight",
          f"{sm['requests_completed']:,} / {sm['requests_dropped']:,} / "
          f"{sm['requests_in_flight']:,}"),
+        ("percentiles cover", sm["latency_coverage"]["text"]),
         ("output tokens/s (per GPU)",
          f"{sm['output_tokens_per_s']:,.0f} ({sm['tokens_per_s_per_gpu']:,.1f})"),
         ("input tokens/s", f"{sm['input_tokens_per_s']:,.0f}"),
@@ -148,13 +183,24 @@ def _summary_table(sm: dict) -> Table:
         ("scale-out mean/peak/saturated",
          f"{lu['scale_out']['mean']:.2f} / {lu['scale_out']['peak']:.2f} / "
          f"{lu['scale_out']['saturated_fraction']:.2f}"),
-        ("$ per million output tokens", "n/a (no price given)"
-         if sm["cost_per_million_tokens"] is None else f"${sm['cost_per_million_tokens']:,.3f}"),
+        ("$ per million output tokens", f"${sm['cost_per_million_tokens']:,.3f}"
+         if sm["cost_per_million_tokens"] is not None else "n/a (no price given)"
+         if sm["requests_completed"] else "n/a (no request completed)"),
         ("simulation", f"{sm['sim_events']:,} events in {sm['wall_time_s']:.1f} s wall"),
     ]
+    if sm.get("slo"):
+        rows.insert(3, ("SLO " + ", ".join(f"{k} {fq(v, 's')}" for k, v in sm["slo"].items()),
+                        ("met" if sm["slo_met"] else "[red]missed[/]: "
+                         + "; ".join(sm["slo_misses"]))
+                        + f"; goodput {sm['goodput_requests_per_s']:,.3g} requests/s"))
     for k, v in rows:
         t.add_row(k, v)
     return t
+
+
+def _print_warnings(sm: dict) -> None:
+    for w in sm.get("warnings", []):
+        err.print(f"warning: {w}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -164,8 +210,16 @@ def run(
     fmt: Annotated[str, typer.Option("--format", help="plot format: png or svg")] = "png",
     no_plots: Annotated[bool, typer.Option("--no-plots", help="skip the plots")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print summary.json")] = False,
+    sets: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="KEY=VALUE override, e.g. layout.expert_parallel=32 (repeatable)")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="write into a --out folder holding other files, beside them (files of the "
+             "same names are replaced, nothing is deleted)")] = False,
 ):
-    """Simulate a scenario and write summary.json, CSV tables, trace.json and plots."""
+    """Simulate a scenario and write summary.json, CSV tables, trace.json and plots.
+
+    --out may name a new or empty folder, or a run folder racksim wrote (replaced whole,
+    all or nothing); any other folder is refused unless --force."""
     import time  # noqa: PLC0415
 
     if fmt not in ("png", "svg"):
@@ -174,9 +228,11 @@ def run(
     try:   # Ctrl-C at any point (loading, compiling, running, writing) says what is left
         from .engine.simulation import Simulation  # noqa: PLC0415 - keep `schema` fast
         from .results.tables import build_tables  # noqa: PLC0415
-        from .results.write import summary_json, write_results  # noqa: PLC0415
+        from .results.write import check_out, summary_json, write_results  # noqa: PLC0415
+        from .sweep import load_with_sets  # noqa: PLC0415
 
-        s = load_scenario(scenario)
+        s = load_with_sets(scenario, sets or [])
+        merge = check_out(out_dir, "run", force)
         sim = Simulation(s)
         bar = _LazyProgress(f"simulating {s.spec.name or s.file}")
         try:
@@ -184,7 +240,7 @@ def run(
         finally:
             bar.close()
         tables = build_tables(res)
-        write_results(res, tables, out_dir, plots=not no_plots, fmt=fmt)
+        write_results(res, tables, out_dir, plots=not no_plots, fmt=fmt, merge=merge)
     except KeyboardInterrupt:
         summary = out_dir / "summary.json"   # written by this run only if the swap happened
         done = summary.exists() and summary.stat().st_mtime >= sim_start
@@ -196,6 +252,7 @@ def run(
         typer.echo(summary_json(tables.summary))
         return
     out.print(_summary_table(tables.summary))
+    _print_warnings(tables.summary)
     out.print(f"results in {out_dir}/ (summary.json, requests.csv, gpus.csv, links.csv, "
               f"trace.json{', plots' if not no_plots else ''})")
 
@@ -297,24 +354,79 @@ def sweep(
     mode: Annotated[str, typer.Option(help="roofline or simulate")] = "roofline",
     workers: Annotated[Optional[int], typer.Option(help="local processes")] = None,
     dask: Annotated[Optional[str], typer.Option(help="Dask scheduler address")] = None,
+    as_json: Json_ = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="write into a --out folder holding other files, beside them")] = False,
 ):
-    """Run the cross product of --set values; resumes a killed sweep in the same folder."""
+    """Run the cross product of --set values; resumes a killed sweep in the same folder.
+
+    Ctrl-C or kill stops the workers and keeps the finished points; the same command resumes.
+    --out may name a new or empty folder or a sweep folder; any other folder needs --force."""
+    import shlex  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
     from rich.progress import Progress  # noqa: PLC0415
 
-    from .sweep import run_sweep  # noqa: PLC0415
+    from .sweep import HEADLINES, parse_set, run_sweep  # noqa: PLC0415
 
-    with Progress(console=err, transient=True) as bar:
-        task = bar.add_task("sweep", total=None)
+    state = {"done": 0, "total": 0, "exit": 130}   # 130: Ctrl-C; 143: SIGTERM
 
-        def tick(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total,
-                       description=f"sweep {done}/{total} points")
+    def on_term(signum, frame):
+        state["exit"] = 143
+        raise KeyboardInterrupt
 
-        df = run_sweep(scenario, sets, out_dir, mode=mode, workers=workers, dask_address=dask,
-                       progress=tick)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        with Progress(console=err, transient=True) as bar:
+            task = bar.add_task("sweep", total=None)
+
+            def tick(done: int, total: int) -> None:
+                state.update(done=done, total=total)
+                bar.update(task, completed=done, total=total,
+                           description=f"sweep {done}/{total} points")
+
+            df = run_sweep(scenario, sets, out_dir, mode=mode, workers=workers,
+                           dask_address=dask, progress=tick, force=force)
+    except KeyboardInterrupt:
+        for sig in handlers:   # a second Ctrl-C must not cut this message short
+            signal.signal(sig, signal.SIG_IGN)
+        err.print(f"stopped: {state['done']} of {state['total']} points done, kept in "
+                  f"{out_dir}/points; to resume, run the same command again: racksim "
+                  f"{shlex.join(sys.argv[1:])}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(state["exit"]) from None
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     counts = df["status"].value_counts().to_dict()
-    out.print(f"{len(df)} points: " + ", ".join(f"{v} {k}" for k, v in counts.items())
-              + f"; results in {out_dir}/results.parquet and results.csv")
+    if as_json:   # every point as results.parquet holds it; NaN as null
+        typer.echo(df.to_json(orient="records"))
+    else:
+        keys = [parse_set(s)[0] for s in sets]
+        t = Table(title=f"sweep of {scenario} ({mode})", title_justify="left")
+        for c in (*keys, "status", *HEADLINES[mode].values()):
+            t.add_column(c)
+        shown = 50   # the rest are in results.csv
+        for _, row in df.head(shown).iterrows():
+            cells = []
+            for c in (*keys, "status", *HEADLINES[mode]):
+                v = row.get(c)
+                if v is None or (isinstance(v, float) and v != v):
+                    cells.append("-")
+                elif type(v).__name__ in ("bool", "bool_"):
+                    cells.append("yes" if v else "no")
+                elif c in keys or c == "status":
+                    cells.append(str(v))
+                elif c.endswith("_s") or "_s." in c:
+                    cells.append(fq(float(v), "s"))
+                else:
+                    cells.append(f"{float(v):,.2f}")
+            t.add_row(*cells)
+        out.print(t)
+        more = f" ({len(df) - shown} more rows not shown)" if len(df) > shown else ""
+        out.print(f"{len(df)} points: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+                  + f"{more}; results and reasons in {out_dir}/results.parquet and "
+                    "results.csv")
     failed = df[df["status"] == "failed"]
     for _, row in failed.iterrows():
         err.print(f"point {row['point']} failed (a racksim bug, please report): {row['reason']}")
@@ -333,27 +445,39 @@ def compare(
     shortlist: Annotated[int, typer.Option(help="layouts simulated per design")] = 3,
     confirm_s: Annotated[float, typer.Option(help="minimum simulated seconds per check")
                          ] = 2.0,
+    as_json: Json_ = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="write into a --out folder holding other files, beside them")] = False,
 ):
-    """Compare rack designs: the best layout per design that meets the SLO."""
+    """Compare rack designs: the best layout per design that meets the SLO.
+
+    --out may name a new or empty folder or a compare folder; any other needs --force."""
     from .compare import compare as run_compare  # noqa: PLC0415
-    from .compare import parse_slo  # noqa: PLC0415
+    from .spec.slo import parse_slo  # noqa: PLC0415
+    from .results.write import check_out  # noqa: PLC0415
+    from .spec.scenario import scenario_file  # noqa: PLC0415
+
+    scenario_file(scenario)
+    check_out(out_dir, "compare", force)
 
     designs = [h.strip() for h in hardware.split(",") if h.strip()]
-    targets = parse_slo(slo)
+    targets = parse_slo(slo) if slo is not None else \
+        (load_scenario(scenario).spec.slo or parse_slo(None))
     with err.status("comparing designs") as status:
-        def tick(hw, i, n):
-            status.update(f"{hw}: simulated {i + 1}/{n} shortlisted layouts")
-
         df = run_compare(scenario, designs, out_dir, slo=targets, budget_gpus=budget_gpus,
-                         shortlist=shortlist, confirm_s=confirm_s, progress=tick)
-    t = Table(title="Best layout per design" + (f" meeting {slo}" if slo else ""),
+                         shortlist=shortlist, confirm_s=confirm_s, progress=status.update)
+    if as_json:   # the best row per design, as compare.csv holds it; NaN as null
+        typer.echo(df.to_json(orient="records"))
+        return
+    t = Table(title="Best layout per design" + (f" meeting {targets.describe()}"
+                                                 if targets.targets() else ""),
               title_justify="left")
     df = df.assign(layout=[
         "-" if r.get("ep") != r.get("ep") or r.get("ep") is None else
         f"EP{r['ep']:.0f} TP{r['tp']:.0f} PP{r['pp']:.0f} DP{r['dp']:.0f}"
         for _, r in df.iterrows()])
     cols = {"design": "design", "gpus": "GPUs", "layout": "layout", "batch": "batch",
-            "tokens_per_s_per_gpu": "tok/s/GPU",
+            "rate_per_s": "req/s", "tokens_per_s_per_gpu": "tok/s/GPU",
             "cost_per_million_tokens": "$/Mtok", "tpot_p99_s": "TPOT p99",
             "ttft_p99_s": "TTFT p99", "meets_slo": "SLO met"}
     for c in cols.values():
@@ -366,7 +490,7 @@ def compare(
                 cells.append(str(v))
             elif v is None or (isinstance(v, float) and v != v):
                 cells.append("-")
-            elif c.endswith("_s"):
+            elif c.endswith("_s") and not c.endswith("per_s"):
                 cells.append(fq(float(v), "s"))
             elif isinstance(v, float) and c in ("gpus", "batch"):
                 cells.append(f"{v:.0f}")
@@ -376,9 +500,81 @@ def compare(
                 cells.append(str(v))
         t.add_row(*cells)
     out.print(t)
+    for _, row in df[df["meets_slo"] != True].iterrows():  # noqa: E712 - NaN-safe
+        out.print(f"{row['design']}: no layout meets the SLO: {row.get('reason')}",
+                  highlight=False, markup=False)
+    out.print("throughput at each layout's capacity: the highest Poisson rate found that "
+              "keeps up and meets the SLO (racksim capacity)")
     out.print(f"written: {out_dir}/compare.csv (best per design), confirmed.csv (every "
               f"simulated layout), pareto.png, and one scenario file per simulated layout "
               "(re-run any with `racksim run`)")
+
+
+@app.command()
+def capacity(
+    scenario: Scenario_,
+    slo: Annotated[Optional[str], typer.Option(
+        help="e.g. ttft_p99=2s,tpot_p99=50ms (default: the scenario's slo:, else only "
+             "'keeps up')")] = None,
+    tolerance: Annotated[float, typer.Option(
+        help="stop when the highest meeting and lowest failing rates are this close "
+             "(relative)")] = 0.05,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="print one object: rate_per_s, summary (the run at that rate), slo, "
+                       "and the probes")] = False,
+):
+    """Find the highest Poisson arrival rate the deployment keeps up with while meeting the
+    SLO, by simulated runs (bisection from the closed form's estimate)."""
+    from .api import scenario_dict  # noqa: PLC0415
+    from .capacity import search  # noqa: PLC0415
+    from .spec.scenario import scenario_file  # noqa: PLC0415
+    from .spec.slo import parse_slo  # noqa: PLC0415
+
+    path = scenario_file(scenario)
+    data = scenario_dict(path)
+    if slo is not None:
+        targets = parse_slo(slo)
+    else:
+        from .spec.scenario import load_scenario  # noqa: PLC0415
+
+        targets = load_scenario(path).spec.slo or parse_slo(None)
+    with err.status("searching") as status:
+        def tick(p):
+            status.update(f"{p.rate_per_s:.4g} requests/s: "
+                          + ("meets" if p.meets else "misses"))
+
+        res = search(data, targets, file=str(path), base_dir=path.parent,
+                     tolerance=tolerance, progress=tick)
+    if as_json:
+        from .results.write import summary_json  # noqa: PLC0415 - NaN and inf as null
+
+        typer.echo(summary_json(res.to_json()), nl=False)
+        return
+    t = Table(title=f"Capacity search: {path} (SLO {targets.describe()})",
+              title_justify="left")
+    for col in ("requests/s", "verdict", "TTFT p99", "TPOT p99", "why not"):
+        t.add_column(col)
+    for p in sorted(res.probes, key=lambda p: p.rate_per_s):
+        sm = p.summary
+        t.add_row(f"{p.rate_per_s:,.4g}", "meets" if p.meets else "misses",
+                  fq(sm["ttft_s"]["p99"], "s") if sm["ttft_s"]["p99"] is not None else "-",
+                  fq(sm["tpot_s"]["p99"], "s") if sm["tpot_s"]["p99"] is not None else "-",
+                  "; ".join(p.why_not))
+    out.print(t)
+    out.print(f"closed-form estimate (roofline + prefill + uncontended communication): "
+              f"{res.estimate_rate_per_s:,.4g} requests/s")
+    if res.rate_per_s is None:
+        out.print(f"[red]no rate meets the SLO[/]: {res.reason}", highlight=False)
+        raise typer.Exit(1)
+    sm = res.summary
+    out.print(f"[bold]capacity: {res.rate_per_s:,.4g} requests/s[/] "
+              f"({sm['output_tokens_per_s']:,.0f} output tokens/s, "
+              f"{sm['tokens_per_s_per_gpu']:,.1f} per GPU)"
+              + (f"; {res.failing_rate_per_s:,.4g}/s does not meet it"
+                 if res.failing_rate_per_s else ""))
+    if res.reason:
+        out.print(res.reason)
+    _print_warnings(sm)
 
 
 @app.command()
@@ -460,9 +656,16 @@ def schema():
 
 
 @show_app.command("model")
-def show_model(name: Annotated[str, typer.Argument(help="preset name or path")]):
+def show_model(name: Annotated[str, typer.Argument(help="preset name or path")],
+               as_json: Json_ = False):
     """Print a model's architecture-derived totals, part by part."""
+    import dataclasses  # noqa: PLC0415
+
     m = load_model(name, file="command line", key="NAME")
+    if as_json:   # SI numbers; `published` is the model card's, for checking
+        _echo_json({**dataclasses.asdict(m), "published": m.published and m.published.model_dump(),
+                    "weight_bytes": m.weight_bytes, "sparsity": m.sparsity})
+        return
     t = Table(title=f"{m.name}: parameter derivation", title_justify="left")
     for col in ("part", "total", "active", "rule"):
         t.add_column(col, justify="right" if col in ("total", "active") else "left")
@@ -488,9 +691,15 @@ def show_model(name: Annotated[str, typer.Argument(help="preset name or path")])
 
 
 @show_app.command("hardware")
-def show_hardware(name: Annotated[str, typer.Argument(help="preset name or path")]):
+def show_hardware(name: Annotated[str, typer.Argument(help="preset name or path")],
+                  as_json: Json_ = False):
     """Print a hardware design's figures."""
     hw = load_hardware(name, file="command line", key="NAME")
+    if as_json:   # the file's figures in SI units, the scale-up domain size filled in
+        doc = hw.model_dump(mode="json")
+        doc["scale_up"]["domain_gpus"] = hw.domain_gpus
+        _echo_json(doc)
+        return
     g = hw.gpu
     t = Table(title=f"{hw.name}: {hw.description}", show_header=False, title_justify="left")
     t.add_column(style="bold")
@@ -520,6 +729,7 @@ def show_topology(
     racks: Annotated[int, typer.Option(help="number of racks")] = 1,
     export: Annotated[Optional[Path], typer.Option(
         help="write the graph: .graphml (GraphML) or .json (node-link)")] = None,
+    as_json: Json_ = False,
 ):
     """Summarise the cluster graph built from a hardware design and a rack count."""
     from .cluster.topology import build_cluster, export_graph  # noqa: PLC0415
@@ -529,6 +739,11 @@ def show_topology(
     hw = load_hardware(name, file="command line", key="NAME")
     c = build_cluster(hw, racks)
     sm = c.summary()
+    if export is not None:
+        export_graph(c, str(export))
+    if as_json:
+        _echo_json(sm)
+        return
     t = Table(title=f"{hw.name} x {racks} rack(s)", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
@@ -540,13 +755,15 @@ def show_topology(
                                    "total capacity)")
     out.print(t)
     if export is not None:
-        export_graph(c, str(export))
         out.print(f"graph written to {export}")
 
 
 @show_app.command("presets")
-def show_presets():
+def show_presets(as_json: Json_ = False):
     """List the hardware and model presets."""
+    if as_json:
+        _echo_json({"hardware": list_presets("topologies"), "models": list_presets("models")})
+        return
     out.print("hardware: " + ", ".join(list_presets("topologies")))
     out.print("models:   " + ", ".join(list_presets("models")))
 
@@ -558,6 +775,9 @@ def main() -> None:
     except RacksimError as exc:
         err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
+    except KeyboardInterrupt:   # before a command's own handler was reached: nothing written
+        err.print("interrupted: nothing was written", markup=False, highlight=False)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

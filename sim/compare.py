@@ -17,38 +17,26 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
-from . import roofline as rf
-from .api import apply_overrides, scenario_dict, simulate
+from . import estimate as est
+from .api import apply_overrides, scenario_dict
+from .capacity import at_rate, search
+from .results.pareto_plot import plot_pareto
 from .spec.errors import SpecError
 from .spec.presets import load_hardware, load_model
 from .spec.scenario import scenario_from_dict
-from .spec.units import parse_quantity
-
-SLO_KEYS = {"tpot_p99": ("tpot_s", "p99"), "ttft_p99": ("ttft_s", "p99"),
-            "e2e_p99": ("e2e_s", "p99"), "tpot_p50": ("tpot_s", "p50"),
-            "ttft_p50": ("ttft_s", "p50")}
-
+from .spec.slo import SLO
+from .spec.slo import parse_slo as _parse_slo
 
 def parse_slo(text: str | None) -> dict[str, float]:
     """`tpot_p99=50ms,ttft_p99=2s` -> {"tpot_p99": 0.05, "ttft_p99": 2.0}."""
-    out: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in (text or "").split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or key not in SLO_KEYS:
-            raise SpecError(f"cannot read SLO {part!r}", key="--slo",
-                            fix=f"write KEY=TIME with KEY one of {', '.join(SLO_KEYS)}")
-        try:
-            out[key] = parse_quantity(value, "time")
-        except ValueError as exc:
-            raise SpecError(str(exc), key="--slo", fix="e.g. tpot_p99=50ms") from None
-    return out
+    return _parse_slo(text).targets()
 
 
 @dataclass(frozen=True)
@@ -75,46 +63,6 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def comm_per_step(s) -> tuple[float, float]:
-    """Uncontended communication of one step through all stages as (seconds fixed,
-    seconds per token): the engine's collectives (dispatch and combine per MoE layer, two TP
-    all-reduces per layer, stage-boundary sends) on the layout's real placement, each taking
-    latency + max(bytes / capacity) over its links. Bytes grow linearly with tokens."""
-    from .cluster.placement import place  # noqa: PLC0415
-    from .cluster.topology import build_cluster  # noqa: PLC0415
-    from .engine import collectives as coll  # noqa: PLC0415
-    from .engine.costs import layer_costs  # noqa: PLC0415
-
-    lay, m = s.layout, s.model
-    cluster = build_cluster(s.hardware, s.racks)
-    groups = place(cluster, lay, s.file).gpus[0]
-    c = layer_costs(m, s.hardware, lay, s.spec.moe, s.spec.engine.activation_precision, False)
-    G, ep, tp = c.G, c.ep, c.tp
-
-    def drain(t: coll.Transfer) -> float:
-        return float((t.load / cluster.capacity[t.links]).max()) if len(t.links) else 0.0
-
-    fixed = per_token = 0.0
-    if m.moe is not None and ep > 1:  # one token spread evenly, its k copies over EP ranks
-        share = np.full((G, G), c.top_k / (G * ep * tp))
-        for nbytes in (c.dispatch_bytes, c.combine_bytes):
-            t = coll.pair_loads(cluster, groups[0], share * nbytes)
-            fixed += m.moe.moe_layers * t.latency
-            per_token += m.moe.moe_layers * drain(t)
-    if tp > 1:
-        t = coll.all_reduce(cluster, groups[0][:tp], c.activation_bytes / ep,
-                            s.spec.engine.all_reduce)
-        fixed += 2 * m.layers * t.latency
-        per_token += 2 * m.layers * drain(t)
-    for a, b in zip(groups[:-1], groups[1:]):
-        t = coll.send_recv(cluster, a, b, c.activation_bytes / G)
-        fixed += t.latency
-        per_token += drain(t)
-    if lay.pipeline_parallel > 1:
-        fixed += cluster.path_latency(int(groups[-1][0]), int(groups[0][0]))
-    return fixed, per_token
-
-
 def candidates(data: dict, hardware: str, budget_gpus: int | None, file: str,
                base: Path) -> list[Candidate]:
     hw = load_hardware(hardware, file=file, key="--hardware")
@@ -127,8 +75,6 @@ def candidates(data: dict, hardware: str, budget_gpus: int | None, file: str,
     max_batch = int(data.get("batching", {}).get("max_batch", 1024))
     batches = [2**k for k in range(0, int(math.log2(max_batch)) + 1)]
     context = None
-    w = scenario_from_dict(data, file=file, base_dir=base).workload
-    prefill_per_token = w.prompt_tokens.mean / w.output_tokens.mean
     out = []
     for ep, tp, pp in itertools.product(eps, tp_options, (1, 2, 4)):
         stage = ep * tp
@@ -139,72 +85,70 @@ def candidates(data: dict, hardware: str, budget_gpus: int | None, file: str,
         layout = {"expert_parallel": ep, "tensor_parallel": tp, "pipeline_parallel": pp,
                   "data_parallel": dp, "microbatches": m}
         try:
-            s = scenario_from_dict(apply_overrides(data, {"hardware": hardware, "racks": racks,
-                                                          "layout": layout}),
-                                   file=file, base_dir=base)
+            s = scenario_from_dict(apply_overrides(data, {
+                "hardware": hardware, "racks": racks, "layout": layout,
+                "batching": {"policy": "continuous", "max_batch": max_batch}}),
+                file=file, base_dir=base)
         except SpecError:
             continue  # infeasible on this design
         context = s.mean_context() if context is None else context
-        comm_fixed, comm_per_token = comm_per_step(s)
+        comm = est.communication(s)
         for b in batches:
-            r = rf.evaluate(s.model, s.hardware, s.layout, b, context,
-                            s.spec.price_per_gpu_hour)
-            if not r.fits:
+            e = est.estimate(s, b, context, comm)
+            if not e.fits:
                 break
-            # steady state: every output token also carries prompt/output prefill tokens
-            tokens = b * (1 + prefill_per_token)
-            step = max(r.compute_time_s * (1 + prefill_per_token),
-                       r.weight_time_s + r.kv_time_s) + comm_fixed + tokens * comm_per_token
-            cycle = float(rf.token_cycle(s.model, s.layout, step))
-            rate = float(rf.tokens_per_s(s.model, s.layout, b, step))
-            out.append(Candidate(hardware, racks, ep, tp, pp, dp, m, b, cycle,
-                                 rate / s.layout.total_gpus))
+            out.append(Candidate(hardware, racks, ep, tp, pp, dp, m, b, e.token_cycle_s,
+                                 e.output_tokens_per_s / s.layout.total_gpus))
     return out
 
 
-LOAD = 0.7  # confirm at this fraction of the estimated capacity (headroom for queueing)
+# The closed form is optimistic by a similar factor across layouts of one model and traffic:
+# after the first capacity found, later searches start at their estimate times that factor,
+# with a smaller bracket step. Compare ranks designs, so a coarser tolerance serves.
+GUESS_STEP = 1.3
+COMPARE_TOLERANCE = 0.08
+BATCH_STEPS = 2      # smaller batch caps searched when a layout's largest finds no rate
+BATCH_SHRINK = 4     # ... each this many times smaller
 
 
-def _confirm_scenario(data: dict, c: Candidate, confirm_s: float, prompt_tokens: float,
-                      output_tokens: float) -> dict:
-    """Poisson arrivals at LOAD x the estimated capacity of the layout, long enough for
-    requests to finish: warm-up of two request lifetimes (the estimate's floor), then three
-    more, and at least confirm_s. Prefill is chunked at its steady-state rate."""
+def _search_scenario(data: dict, c: Candidate, batch: int, confirm_s: float,
+                     prompt_tokens: float, output_tokens: float) -> dict:
+    """The layout at batch cap `batch`, run long enough for requests to finish: warm-up of two
+    request lifetimes (the closed form's floor), then three more, and at least confirm_s.
+    Prefill is chunked at its steady-state rate. The arrival rate is the search's to set."""
     d = copy.deepcopy(data)
     d.update(c.overrides())
     life = output_tokens * c.tpot_floor_s
     warmup = max(2 * life, confirm_s / 4)
-    capacity_rps = c.tokens_per_s_per_gpu * c.dp * c.ep * c.tp * c.pp / output_tokens
-    d["workload"] = {**d["workload"],
-                     "arrival": {"process": "poisson", "rate_per_s": LOAD * capacity_rps},
-                     "duration_s": max(confirm_s, warmup + 3 * life), "warmup_s": warmup}
+    d["workload"] = {**d["workload"], "duration_s": max(confirm_s, warmup + 3 * life),
+                     "warmup_s": warmup}
     d["workload"].pop("requests", None)
-    chunk = max(1, math.ceil(c.batch * prompt_tokens / output_tokens))
-    d["batching"] = {"policy": "continuous", "max_batch": c.batch, "prefill": "chunked",
+    chunk = max(1, math.ceil(batch * prompt_tokens / output_tokens))
+    d["batching"] = {"policy": "continuous", "max_batch": batch, "prefill": "chunked",
                      "chunk_tokens": chunk}
     d["name"] = (f"{c.hardware}: EP {c.ep} TP {c.tp} PP {c.pp} DP {c.dp} "
-                 f"m {c.microbatches} batch {c.batch}")
+                 f"m {c.microbatches} batch {batch}")
     return d
 
 
-def _meets(summary: dict, slo: dict[str, float]) -> bool:
-    for key, limit in slo.items():
-        metric, q = SLO_KEYS[key]
-        v = summary[metric][q]
-        if v is None or v > limit:
-            return False
-    return True
+def _layout_name(c: Candidate, batch: int) -> str:
+    return f"EP{c.ep} TP{c.tp} PP{c.pp} DP{c.dp} batch {batch}"
 
 
 def compare(scenario: str | Path, designs: list[str], out: str | Path,
-            slo: dict[str, float] | None = None, budget_gpus: int | None = None,
-            shortlist: int = 3, confirm_s: float = 2.0, progress=None) -> pd.DataFrame:
+            slo: SLO | dict[str, float] | None = None, budget_gpus: int | None = None,
+            shortlist: int = 3, confirm_s: float = 2.0,
+            progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """One row per design: its best layout at capacity, or why it has none. `progress`
+    receives a line per simulated probe."""
     scenario = Path(scenario)
     data = scenario_dict(scenario)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    slo = slo or {}
+    slo = slo if isinstance(slo, SLO) else SLO(**(slo or {}))
+    targets = slo.targets()
     rows, pareto, confirmed = [], [], []
+    learned = None   # capacity found / closed form, from the first layout that has one
     w = scenario_from_dict(data, file=str(scenario), base_dir=scenario.parent).workload
     for hw_name in designs:
         design = load_hardware(hw_name, file="--hardware", key="--hardware",
@@ -213,7 +157,8 @@ def compare(scenario: str | Path, designs: list[str], out: str | Path,
         for c in cands:
             pareto.append({"hardware": design, "tokens_per_s_per_gpu": c.tokens_per_s_per_gpu,
                            "tpot_floor_s": c.tpot_floor_s})
-        ok = [c for c in cands if c.tpot_floor_s <= slo.get("tpot_p99", math.inf)]
+        floor = targets.get("tpot_p99", math.inf)
+        ok = [c for c in cands if c.tpot_floor_s <= floor]
         ok.sort(key=lambda c: -c.tokens_per_s_per_gpu)
         picked, seen = [], set()
         for c in ok:  # best batch of the best distinct layouts
@@ -223,66 +168,64 @@ def compare(scenario: str | Path, designs: list[str], out: str | Path,
                 picked.append(c)
             if len(picked) == shortlist:
                 break
-        best = None
+        best, why = None, []
+        if not cands:
+            why.append("no layout fits in memory within the GPU budget")
+        elif not picked:
+            fastest = min(cands, key=lambda c: c.tpot_floor_s)
+            why.append(f"every layout's closed-form time per output token exceeds the TPOT "
+                       f"target (fastest: {_layout_name(fastest, fastest.batch)} at "
+                       f"{fastest.tpot_floor_s * 1e3:.3g} ms)")
         for i, c in enumerate(picked):
-            d = _confirm_scenario(data, c, confirm_s, w.prompt_tokens.mean,
-                                  w.output_tokens.mean)
-            path = out / f"{design}-{i}.yaml"
-            path.write_text(yaml.safe_dump(d, sort_keys=False))
-            run = simulate(scenario_from_dict(d, file=str(path), base_dir=scenario.parent))
-            sm = run.summary
-            row = {"hardware": hw_name, "design": design, "gpus": c.dp * c.ep * c.tp * c.pp, "ep": c.ep,
-                   "tp": c.tp, "pp": c.pp, "dp": c.dp, "microbatches": c.microbatches,
-                   "batch": c.batch, "scenario": str(path),
-                   "estimate_tokens_per_s_per_gpu": c.tokens_per_s_per_gpu,
-                   "tokens_per_s_per_gpu": sm["tokens_per_s_per_gpu"],
-                   "cost_per_million_tokens": sm["cost_per_million_tokens"],
-                   "tpot_p50_s": sm["tpot_s"]["p50"], "tpot_p99_s": sm["tpot_s"]["p99"],
-                   "ttft_p99_s": sm["ttft_s"]["p99"], "meets_slo": _meets(sm, slo)}
-            pareto.append({"hardware": design, "tokens_per_s_per_gpu":
-                           sm["tokens_per_s_per_gpu"], "tpot_floor_s": sm["tpot_s"]["p99"],
-                           "confirmed": True})
-            if progress:
-                progress(hw_name, i, len(picked))
-            confirmed.append(row)
-            if row["meets_slo"] and (best is None or row["tokens_per_s_per_gpu"] >
-                                     best["tokens_per_s_per_gpu"]):
-                best = row
+            batch = c.batch
+            for step in range(BATCH_STEPS + 1):
+                d = _search_scenario(data, c, batch, confirm_s, w.prompt_tokens.mean,
+                                     w.output_tokens.mean)
+                path = out / (f"{design}-{i}.yaml" if step == 0 else
+                              f"{design}-{i}-batch{batch}.yaml")
+                label = f"{design}: layout {i + 1}/{len(picked)}, batch {batch}"
+                found = search(d, slo, file=str(path), base_dir=scenario.parent,
+                               tolerance=COMPARE_TOLERANCE, start_factor=learned or 1.0,
+                               step=2.0 if learned is None else GUESS_STEP,
+                               progress=progress and (lambda p, label=label: progress(
+                                   f"{label}: {p.rate_per_s:.4g} requests/s "
+                                   f"{'meets' if p.meets else 'misses'}")))
+                sm = found.summary
+                if found.rate_per_s is not None and learned is None:
+                    learned = found.rate_per_s / found.estimate_rate_per_s
+                if found.rate_per_s is not None:
+                    d = at_rate(d, found.rate_per_s)
+                path.write_text(yaml.safe_dump(d, sort_keys=False))
+                row = {"hardware": hw_name, "design": design,
+                       "gpus": c.dp * c.ep * c.tp * c.pp, "ep": c.ep, "tp": c.tp,
+                       "pp": c.pp, "dp": c.dp, "microbatches": c.microbatches,
+                       "batch": batch, "scenario": str(path),
+                       "rate_per_s": found.rate_per_s,
+                       "estimate_rate_per_s": found.estimate_rate_per_s,
+                       "estimate_tokens_per_s_per_gpu": c.tokens_per_s_per_gpu,
+                       "tokens_per_s_per_gpu": sm["tokens_per_s_per_gpu"] if sm else None,
+                       "cost_per_million_tokens": sm["cost_per_million_tokens"] if sm else None,
+                       "tpot_p50_s": sm["tpot_s"]["p50"] if sm else None,
+                       "tpot_p99_s": sm["tpot_s"]["p99"] if sm else None,
+                       "ttft_p99_s": sm["ttft_s"]["p99"] if sm else None,
+                       "meets_slo": sm is not None, "reason": found.reason}
+                confirmed.append(row)
+                if sm is not None:
+                    pareto.append({"hardware": design, "tokens_per_s_per_gpu":
+                                   sm["tokens_per_s_per_gpu"], "tpot_floor_s":
+                                   sm["tpot_s"]["p99"], "confirmed": True})
+                    if best is None or row["tokens_per_s_per_gpu"] > \
+                            best["tokens_per_s_per_gpu"]:
+                        best = row
+                    break
+                why.append(f"{_layout_name(c, batch)}: {found.reason}")
+                if batch == 1:
+                    break
+                batch = max(1, batch // BATCH_SHRINK)
         rows.append(best or {"hardware": hw_name, "design": design, "meets_slo": False,
-                             "scenario": None if picked else "no feasible layout"})
+                             "scenario": None, "reason": "; ".join(why)})
     df = pd.DataFrame(rows)
     df.to_csv(out / "compare.csv", index=False)
     pd.DataFrame(confirmed).to_csv(out / "confirmed.csv", index=False)
-    plot_pareto(pd.DataFrame(pareto), out / "pareto.png", slo)
+    plot_pareto(pd.DataFrame(pareto), out / "pareto.png", targets)
     return df
-
-
-def plot_pareto(points: pd.DataFrame, path: Path, slo: dict[str, float]) -> Path:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    fig, ax = plt.subplots(figsize=(8, 5.5), constrained_layout=True)
-    if "confirmed" not in points:
-        points["confirmed"] = False
-    points["confirmed"] = points["confirmed"].fillna(False).astype(bool)
-    for i, (hw, g) in enumerate(points.groupby("hardware", sort=False)):
-        colour = f"C{i}"
-        est = g[~g.confirmed].sort_values("tpot_floor_s")
-        if len(est):  # the frontier: best throughput reachable at each latency
-            frontier = est.assign(best=est.tokens_per_s_per_gpu.cummax())
-            ax.plot(frontier.tpot_floor_s * 1e3, frontier.best, "-", color=colour,
-                    label=f"{hw} (roofline frontier)")
-        conf = g[g.confirmed]
-        if len(conf):
-            ax.plot(conf.tpot_floor_s * 1e3, conf.tokens_per_s_per_gpu, "o", color=colour,
-                    ms=8, label=f"{hw} (simulated, p99)")
-    if "tpot_p99" in slo:
-        ax.axvline(slo["tpot_p99"] * 1e3, color="grey", ls=":", label="TPOT p99 target")
-    ax.set(xscale="log", yscale="log", xlabel="time per output token (ms)",
-           ylabel="output tokens/s per GPU", title="Throughput per GPU vs per-token latency")
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -169,3 +169,94 @@ def test_no_request_can_ever_fit_is_rejected_at_load(write_yaml, monkeypatch, ca
                      "output_tokens": {"dist": "fixed", "value": 40000}}
     code, _, err = run_cli(monkeypatch, capsys, "roofline", write_yaml(d))
     assert code == 2 and "no request can ever be admitted" in err and ": workload:" in err
+
+
+# ------------------------------------------------- errors that name where the value came from
+
+
+def test_bad_unit_in_a_preset_override_names_the_scenario(write_yaml, monkeypatch, capsys):
+    d = copy.deepcopy(BASE)
+    d["hardware"] = {"preset": "hgx-h100", "gpu": {"hbm_bytes": "80 XB"}}
+    path = write_yaml(d)
+    code, _, err = run_cli(monkeypatch, capsys, "roofline", path)
+    assert code == 2
+    assert err.startswith(f"{path}: hardware.gpu.hbm_bytes: ") and "XB" in err
+    assert "topologies" not in err and str(REPO) not in err.replace(str(path), "")
+
+
+def test_a_broken_preset_is_named_relative_to_the_repository(write_yaml, tmp_path,
+                                                            monkeypatch, capsys):
+    import sim.spec.presets as presets
+
+    root = tmp_path / "checkout"
+    (root / "topologies").mkdir(parents=True)
+    (root / "topologies" / "broken.yaml").write_text("name: broken\ngpu: {hbm_bytes: 1}\n")
+    (root / "topologies" / "bad-yaml.yaml").write_text("name: [\n")
+    monkeypatch.setattr(presets, "_REPO_ROOT", root)
+    monkeypatch.setattr(presets, "_PACKAGE_DATA", tmp_path / "no-package")
+    for name in ("broken", "bad-yaml"):
+        d = copy.deepcopy(BASE)
+        d["hardware"] = name
+        code, _, err = run_cli(monkeypatch, capsys, "roofline", write_yaml(d))
+        assert code == 2
+        assert err.startswith(f"topologies/{name}.yaml: "), err
+        assert str(tmp_path) not in err
+
+
+def test_run_set_blames_the_command_line(write_yaml, monkeypatch, capsys):
+    path = write_yaml(BASE)
+    code, _, err = run_cli(monkeypatch, capsys, "run", path, "--set", "layout.expert_parallel=3")
+    assert code == 2 and err.startswith("command line: --set layout.expert_parallel: 3 does not")
+    code, _, err = run_cli(monkeypatch, capsys, "run", path, "--set", "layout.expert_paralel=4")
+    assert code == 2 and "unknown key" in err and "'expert_parallel'" in err
+    code, _, err = run_cli(monkeypatch, capsys, "run", path, "--set", "racks=1,2")
+    assert code == 2 and "command line: --set racks: 2 values given" in err
+    assert "Traceback" not in err
+
+
+def test_run_set_applies_the_override(write_yaml, tmp_path, monkeypatch, capsys):
+    d = copy.deepcopy(BASE)
+    d["workload"] = {**d["workload"], "duration_s": 0.1, "warmup_s": 0.02}
+    code, out, err = run_cli(monkeypatch, capsys, "run", write_yaml(d), "--set",
+                             "layout.expert_parallel=4", "--set", "name=overridden", "--out",
+                             tmp_path / "o", "--no-plots", "--json")
+    assert code in (0, None), err
+    summary = yaml.safe_load(out)
+    assert summary["layout"]["expert_parallel"] == 4 and summary["name"] == "overridden"
+
+
+def test_no_inline_placeholder_in_messages(monkeypatch, capsys):
+    from sim.spec import scenario_from_dict
+    from sim.spec.errors import SpecError
+
+    with pytest.raises(SpecError) as exc:
+        scenario_from_dict(mutate(("layout", "expert_parallel"), 3))
+    assert str(exc.value).startswith("scenario 'toy': layout.expert_parallel: ")
+    code, _, err = run_cli(monkeypatch, capsys, "collective", "all_to_all", "--hardware",
+                           "hgx-h100", "--gpus", "8", "--bytes", "lots")
+    assert code == 2 and err.startswith("command line: --bytes: ")
+
+
+def test_a_folder_given_as_scenario(tmp_path, monkeypatch, capsys):
+    (tmp_path / "b.yaml").write_text("version: 1\n")
+    (tmp_path / "a.yaml").write_text("version: 1\n")
+    for cmd in ("run", "roofline"):
+        code, _, err = run_cli(monkeypatch, capsys, cmd, tmp_path)
+        assert code == 2 and "is a folder, not a scenario file" in err
+        assert f"e.g. {tmp_path / 'a.yaml'}" in err and "not found" not in err
+    code, _, err = run_cli(monkeypatch, capsys, "sweep", tmp_path, "--set", "racks=1",
+                           "--out", tmp_path / "sw")
+    assert code == 2 and "is a folder" in err
+
+
+def test_unreachable_dask_scheduler(write_yaml, tmp_path, monkeypatch, capsys):
+    import sim.sweep
+
+    monkeypatch.setattr(sim.sweep, "DASK_CONNECT_S", 0.5)
+    code, out, err = run_cli(monkeypatch, capsys, "sweep", write_yaml(BASE), "--set",
+                             "racks=1,2", "--dask", "tcp://127.0.0.1:1", "--out",
+                             tmp_path / "sw")
+    assert code == 2 and "Traceback" not in err + out
+    assert err.strip().startswith("command line: --dask: cannot reach a Dask scheduler at "
+                          "tcp://127.0.0.1:1")
+    assert "drop --dask" in err

@@ -128,7 +128,6 @@ def test_ctrl_c_leaves_complete_outputs_or_none(tmp_path, write_yaml):
     """SIGINT during a long run: exit 130, no partial folder, and the message says so."""
     import signal
     import subprocess
-    import time
 
     from conftest import REPO
 
@@ -138,7 +137,10 @@ def test_ctrl_c_leaves_complete_outputs_or_none(tmp_path, write_yaml):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "sim.cli", "run", str(path), "--out",
                              str(out)], cwd=REPO, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
+    # off a terminal the run logs its progress: the first line says it is simulating, so the
+    # signal lands mid-run however fast or slow the machine is
+    first = proc.stderr.readline()
+    assert "s simulated" in first, first
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
@@ -155,11 +157,16 @@ def test_rewriting_a_run_folder_replaces_it_whole(tmp_path):
     d["workload"] = {**d["workload"], "duration_s": 0.1, "warmup_s": 0.02}
     run = simulate(scenario_from_dict(d))
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "stale.txt").write_text("from an earlier run")
-    run.write(out, plots=False)
-    assert not (out / "stale.txt").exists() and (out / "summary.json").exists()
+    run.write(out, plots=True)
+    assert (out / "latency_cdf.png").exists()
+    run.write(out, plots=False)        # racksim's own folder: replaced whole
+    assert not (out / "latency_cdf.png").exists() and (out / "summary.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    (out / "stale.txt").write_text("a user's notes")
+    with pytest.raises(SpecError, match="stale.txt"):   # never a user's file
+        run.write(out, plots=False)
+    run.write(out, plots=False, force=True)
+    assert (out / "stale.txt").read_text() == "a user's notes"
 
 
 def test_trace_streams_in_chunks_and_checks_across_them(tmp_path):

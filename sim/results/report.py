@@ -1,5 +1,12 @@
 """`racksim report DIR`: one self-contained HTML page (plots embedded) from a run folder or a
-sweep folder, built from the files on disk only (nothing is simulated again)."""
+sweep folder, built from the files on disk only (nothing is simulated again).
+
+A sweep gets one figure per swept parameter: a grid of panels (three across, two for four),
+one per metric with data (the others are listed), the parameter along x (ticks at the swept
+values; long text values numbered, with a key under the figure), one line per combination of
+the other swept parameters (or, past `MAX_LINES` combinations, their mean in a min-max band),
+coinciding lines kept apart as in `plotting.series_styles`, one legend for the whole figure.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,8 @@ import base64
 import html
 import io
 import json
+import math
+import numbers
 from pathlib import Path
 
 import matplotlib
@@ -16,12 +25,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..spec.errors import SpecError  # noqa: E402
+from .plotting import coinciding, same_as, series_styles  # noqa: E402
 from .write import atomic_write  # noqa: E402
 
 CATEGORIES = ("compute", "memory", "network", "bubble", "idle")
-SWEEP_METRICS = ("tokens_per_s_per_gpu", "output_tokens_per_s", "ttft_s.p99", "tpot_s.p99",
-                 "queue_wait_s.p99", "bubble_fraction", "cost_per_million_tokens",
-                 "tokens_per_s", "step_time_s")
+SWEEP_METRICS = {"tokens_per_s_per_gpu": "tokens/s per GPU",
+                 "output_tokens_per_s": "output tokens/s", "ttft_s.p99": "TTFT p99 (s)",
+                 "tpot_s.p99": "TPOT p99 (s)", "queue_wait_s.p99": "queue wait p99 (s)",
+                 "bubble_fraction": "bubble fraction",
+                 "cost_per_million_tokens": "$ per million tokens",
+                 "tokens_per_s": "tokens/s", "step_time_s": "step time (s)"}
+PANEL_COLUMNS = 3
+MAX_LINES = 6    # more combinations of the other parameters: their mean and min-max band
+LONG_LABEL = 14  # categorical values longer than this become numbered ticks with a key
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1150px;color:#222}
 h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:3px 8px;
@@ -62,7 +78,9 @@ def _gpu_breakdown(gpus: pd.DataFrame):
     left = pd.Series(0.0, index=frac.index)
     labels = [f"replica {r} stage {s}" for r, s in frac.index]
     for i, c in enumerate(CATEGORIES):
-        ax.barh(labels, frac[f"{c}_s"], left=left, color=f"C{i}", label=c)
+        bars = ax.barh(labels, frac[f"{c}_s"], left=left, color=f"C{i}", label=c)
+        ax.bar_label(bars, [f"{v:.0%}" if v >= 0.05 else "" for v in frac[f"{c}_s"]],
+                     label_type="center", fontsize=8, color="white")
         left += frac[f"{c}_s"]
     ax.set(xlim=(0, 1), xlabel="share of the window", title="GPU time by stage (mean over GPUs)")
     ax.legend(ncol=5, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.08))
@@ -109,32 +127,84 @@ def _run_page(folder: Path) -> str:
     return "".join(parts)
 
 
+def _label(v) -> str:
+    """A swept value as given: 1,024, 0.25, or the text."""
+    if isinstance(v, numbers.Number) and not isinstance(v, bool):
+        return f"{v:,.0f}" if float(v).is_integer() else f"{v:g}"
+    return str(v)
+
+
+def _sweep_figure(ok: pd.DataFrame, p: str, others: list[str], metrics: list[str]):
+    """Metrics against parameter `p` (see the module docstring); returns the figure and the
+    key of numbered x ticks (empty when the values are short enough to print)."""
+    values = list(dict.fromkeys(ok[p]))
+    numeric = pd.api.types.is_numeric_dtype(ok[p])
+    if numeric:
+        values.sort()
+    key = {} if max(len(_label(v)) for v in values) <= LONG_LABEL else \
+        {v: str(i + 1) for i, v in enumerate(values)}
+    x = [v if numeric else i for i, v in enumerate(values)]
+    groups = list(ok.groupby(others, sort=True, dropna=False)) if others else [((), ok)]
+    if len(groups) > MAX_LINES:   # one line: the mean, in a band from min to max
+        by = ok.groupby(p)[metrics]
+        series = {"mean over " + ", ".join(others): by.mean().reindex(values)}
+        band = (by.min().reindex(values), by.max().reindex(values))
+    else:                         # one line per combination of the other parameters
+        series = {", ".join(f"{o} = {_label(c)}" for o, c in zip(others, combo)) or p:
+                  g.groupby(p)[metrics].mean().reindex(values)
+                  for combo, g in ((c if isinstance(c, tuple) else (c,), g) for c, g in groups)}
+        band = None
+    together = coinciding({k: v.to_numpy(float) for k, v in series.items()})
+    styles, same = series_styles(list(series), together), same_as(together)
+    n_cols = 2 if len(metrics) == 4 else min(len(metrics), PANEL_COLUMNS)
+    n_rows = math.ceil(len(metrics) / n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.8 * n_cols, 2.9 * n_rows + 0.8),
+                             constrained_layout=True, squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.remove()
+    for ax, m in zip(axes.flat, metrics):
+        if band is not None:
+            ax.fill_between(x, band[0][m], band[1][m], color="C0", alpha=0.25,
+                            label="min to max")
+        for name, table in series.items():
+            ax.plot(x, table[m], label=name + (f" (= {same[name]})" if name in same else ""),
+                    **styles[name])
+        ax.set_title(SWEEP_METRICS[m], fontsize=10)
+        if numeric and min(values) > 0 and max(values) >= 8 * min(values):
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_locator(plt.NullLocator())
+        ax.set_xticks(x, [key.get(v) or _label(v) for v in values])
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    fig.supxlabel(p + (" (numbered: see the key below)" if key else ""), fontsize=10)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if len(labels) > 1:
+        fig.legend(handles, labels, loc="outside upper center", fontsize=8,
+                   ncols=1 if max(map(len, labels)) > 40 else min(len(labels), 3))
+    return fig, key
+
+
 def _sweep_page(folder: Path) -> str:
     df = pd.read_parquet(folder / "results.parquet")
     params = list(df.columns[:list(df.columns).index("point")])
-    metrics = [m for m in SWEEP_METRICS if m in df.columns]
     ok = df[df["status"] == "ok"]
+    metrics = [m for m in SWEEP_METRICS if m in df.columns and ok[m].notna().any()]
+    empty = [m for m in SWEEP_METRICS if m in df.columns and m not in metrics]
+    swept = [p for p in params if ok[p].nunique() > 1]
     parts = [f"<h1>Sweep: {len(df)} points</h1>",
              "<p>" + ", ".join(f"{k}: {v}" for k, v in df["status"].value_counts().items())
              + "</p>"]
-    for p in params:
-        if ok[p].nunique() < 2 or not metrics:
-            continue
-        n = len(metrics)
-        fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), constrained_layout=True,
-                                 squeeze=False)
-        numeric = pd.api.types.is_numeric_dtype(ok[p])
-        x = ok[p] if numeric else ok[p].astype(str)
-        for ax, m in zip(axes[0], metrics):
-            means = ok.groupby(x)[m].mean().sort_index()
-            ax.plot(means.index if numeric else [str(v) for v in means.index], means.values,
-                    "o-")
-            ax.set_title(m, fontsize=9)
-            ax.tick_params(axis="x", labelrotation=30, labelsize=7)
-        fig.suptitle(f"metrics vs {p} (mean over the other parameters)")
+    if empty and swept:
+        parts.append(f"<p>no values (e.g. no request completed after warm-up), not drawn: "
+                     f"{html.escape(', '.join(empty))}</p>")
+    for p in swept if metrics else []:
+        fig, key = _sweep_figure(ok, p, [q for q in swept if q != p], metrics)
         parts.append(f"<h2>{html.escape(p)}</h2>" + _fig_tag(fig, f"metrics vs {p}"))
-    show = df[params + ["status"] + metrics + ["reason"]].assign(
-        reason=df["reason"].fillna(""))
+        if key:
+            parts.append("<p>" + "<br>".join(f"{i} = {html.escape(str(v))}"
+                                             for v, i in key.items()) + "</p>")
+    show = df[params + ["status"] + [m for m in SWEEP_METRICS if m in df] + ["reason"]]
+    show = show.assign(reason=df["reason"].fillna(""))
     parts.append("<h2>All points</h2>" + show.to_html(index=False, na_rep="", float_format=
                                                       lambda v: f"{v:,.4g}"))
     return "".join(parts)

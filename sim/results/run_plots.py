@@ -12,11 +12,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..engine.simulation import EngineResult  # noqa: E402
+from ..spec.units import format_quantity as fq  # noqa: E402
+from .plotting import plain_log_ticks  # noqa: E402
 from .tables import Tables, binned_mean  # noqa: E402
 
 LATENCIES = (("queue_wait_s", "queue wait"), ("ttft_s", "time to first token"),
              ("tpot_s", "time per output token"), ("e2e_s", "end to end"))
 TIMELINE_STEPS = 8   # steps per stage drawn in the timeline
+STEPS_PER_BIN = 10   # throughput overlay: bins hold this many steps on average (no aliasing)
 
 
 def _no_data(ax, text="no data"):
@@ -35,11 +38,11 @@ def plot_latency_cdf(res: EngineResult, tables: Tables, path: Path) -> Path:
             continue
         y = np.arange(1, len(x) + 1) / len(x)
         p50, p99 = np.percentile(x, [50, 99])
-        ax.step(x * 1e3, y, where="post",
-                label=f"{label}: p50 {p50 * 1e3:.3g} ms, p99 {p99 * 1e3:.3g} ms")
+        ax.step(x * 1e3, y, where="post", label=f"{label}: p50 {fq(p50, 's')}, p99 {fq(p99, 's')}")
         drawn = True
     if drawn:
         ax.set_xscale("log")
+        plain_log_ticks(ax.xaxis)
         ax.legend(fontsize=8, loc="lower right")
     else:
         _no_data(ax, "no completed requests after warm-up")
@@ -81,7 +84,7 @@ def plot_timeline(res: EngineResult, tables: Tables, path: Path) -> Path:
         n_mb = int(np.asarray(st["microbatch"]).max()) + 1
         handles = [plt.Rectangle((0, 0), 1, 1, color=f"C{j}") for j in range(min(n_mb, 10))]
         ax.legend(handles, [f"microbatch {j}" for j in range(len(handles))], fontsize=8,
-                  loc="upper right")
+                  loc="upper left", bbox_to_anchor=(1.01, 1))   # beside the bars, not on them
     ax.set(xlabel="time after the first step shown (ms)",
            title=f"Pipeline timeline (gaps are bubbles; bubble fraction "
                  f"{tables.summary['bubble_fraction']:.3f})")
@@ -109,7 +112,7 @@ def plot_links(res: EngineResult, tables: Tables, path: Path) -> Path:
         _no_data(a1)
     a1.set(xlabel="time (s)", ylabel="mean utilisation of the tier's links",
            title=f"Link utilisation over time (averaged over {(t1 - t0) / 200 * 1e3:.3g} ms "
-                 "bins)", ylim=(0, 1.05))
+                 "bins)", ylim=(-0.02, 1.05))   # a tier at zero shows above the axis
     grid = []
     names = []
     for tier in ("scale_up", "scale_out"):
@@ -117,18 +120,23 @@ def plot_links(res: EngineResult, tables: Tables, path: Path) -> Path:
         if len(u):
             grid.append(u)
             names.append(tier)
+    title = "Mean utilisation per link"
     if grid:
         width = max(len(g) for g in grid)
         img = np.full((len(grid), width), np.nan)
         for i, g in enumerate(grid):
             img[i, :len(g)] = g
-        im = a2.imshow(img, aspect="auto", vmin=0, vmax=1, cmap="viridis",
+        top = max(float(np.nanmax(img)), 0.01)   # colours span the busiest link, not 0..1
+        cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
+        im = a2.imshow(img, aspect="auto", vmin=0, vmax=top, cmap=cmap,
                        interpolation="nearest")
         a2.set_yticks(range(len(names)), names)
         fig.colorbar(im, ax=a2, label="mean utilisation")
+        title += f" (colour scale 0 to the busiest link, {top:.2f}" + (
+            "; grey: no such link)" if np.isnan(img).any() else ")")
     else:
         _no_data(a2)
-    a2.set(xlabel="link (in cluster order)", title="Mean utilisation per link")
+    a2.set(xlabel="link (in cluster order)", title=title)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -148,11 +156,14 @@ def _fault_overlay(ax, res: EngineResult, tables: Tables, edges: np.ndarray) -> 
             ax.axvline(st.time, color="red", linewidth=1)
     steps = tables.steps
     if len(steps) and "output_tokens" in steps:
-        produced, _ = np.histogram(steps["end"], bins=edges, weights=steps["output_tokens"])
+        inside = int(((steps["end"] >= t0) & (steps["end"] < t1)).sum())
+        bins = np.linspace(t0, t1, int(np.clip(inside // STEPS_PER_BIN, 1, len(edges) - 1)) + 1)
+        produced, _ = np.histogram(steps["end"], bins=bins, weights=steps["output_tokens"])
         tw = ax.twinx()
-        tw.plot(edges[:-1], produced / np.diff(edges), color="black", linewidth=0.8,
+        rate = produced / np.diff(bins)
+        tw.plot(bins, np.append(rate, rate[-1]), color="black", linewidth=0.8,
                 drawstyle="steps-post", label="output tokens/s")
-        tw.set_ylabel("output tokens/s (black)")
+        tw.set_ylabel(f"output tokens/s (black; {(bins[1] - t0) * 1e3:.3g} ms bins)")
         tw.set_ylim(bottom=0)
 
 

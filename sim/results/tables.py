@@ -10,6 +10,7 @@ import pandas as pd
 
 from ..cluster.topology import TIER_NAMES
 from ..engine.simulation import EngineResult
+from .load import judge
 
 SECONDS_PER_HOUR = 3600.0
 STATUS = {0: "waiting", 1: "running", 2: "completed", 3: "dropped", 4: "failed"}
@@ -191,12 +192,17 @@ def summarise(res: EngineResult, req: pd.DataFrame, gpus: pd.DataFrame,
             if window > 0 and t < len(tier_sat) else 0.0,
         }
     price = s.spec.price_per_gpu_hour
+    # no completed request: nothing was served, so no price per token (an overloaded point
+    # would otherwise look cheapest, its batches full)
     cost = (price * gpu_count / SECONDS_PER_HOUR / out_tps * 1e6
-            if price is not None and out_tps > 0 else None)
+            if price is not None and out_tps > 0 and done.any() else None)
+    e2e = distribution(req.loc[measured, "e2e_s"])
+    load = judge(req, (t0, t1), res.arrived_in_window, dropped, int(done.sum()), e2e["p50"])
+    unfinished = in_flight & (req["arrival_s"] >= t0)
     decode_steps = steps[steps["prefill_tokens"] == 0] if len(steps) else steps
     in_window = decode_steps[decode_steps["start"] >= t0] if len(decode_steps) else decode_steps
     stage_time = s.layout.pipeline_parallel * s.layout.data_parallel * window
-    return {
+    summary = {
         "name": s.spec.name,
         "scenario": s.file,
         "hardware": s.hardware.name, "racks": s.racks, "model": s.model.name,
@@ -207,10 +213,15 @@ def summarise(res: EngineResult, req: pd.DataFrame, gpus: pd.DataFrame,
         "requests_dropped": dropped,
         "requests_in_flight": int(in_flight.sum()),
         "requests_failed": failed,
-        # overload: arrivals turned away, or arriving clearly faster than requests complete
-        "arrival_rate_per_s": res.arrived_in_window / window if window > 0 else 0.0,
-        "service_rate_per_s": float(done.sum()) / window if window > 0 else 0.0,
-        "overloaded": bool(dropped > 0 or res.longest_queue > res.max_queue / 2),
+        # is the deployment keeping up? (results/load.py: drops, queue growth, backlog)
+        "overloaded": load.overloaded,
+        "arrival_rate": load.arrival_rate,
+        "completion_rate": load.completion_rate,
+        "in_flight_end": load.in_flight_end,
+        "load": load.to_json(),
+        "warnings": list(load.warnings),
+        "arrival_rate_per_s": load.arrival_rate,      # earlier names of the same figures
+        "service_rate_per_s": load.completion_rate,
         "max_queue_per_replica": res.max_queue,
         "output_tokens_per_s": out_tps,
         "input_tokens_per_s": res.input_tokens / window if window > 0 else 0.0,
@@ -218,7 +229,18 @@ def summarise(res: EngineResult, req: pd.DataFrame, gpus: pd.DataFrame,
         "queue_wait_s": distribution(req.loc[measured, "queue_wait_s"]),
         "ttft_s": distribution(req.loc[measured, "ttft_s"]),
         "tpot_s": distribution(req.loc[measured, "tpot_s"]),
-        "e2e_s": distribution(req.loc[measured, "e2e_s"]),
+        "e2e_s": e2e,
+        # what the percentiles above cover, and what they leave out
+        "latency_coverage": {
+            "requests": int(measured.sum()),
+            "arrived_after_warmup": res.arrived_in_window,
+            "unfinished_after_warmup": int(unfinished.sum()),
+            "text": (f"{int(measured.sum()):,} completed of {res.arrived_in_window:,} "
+                     f"arrived after warm-up; {int(unfinished.sum()):,} still in flight "
+                     "at the end"),
+        },
+        "in_flight_age_s": distribution(t1 - req.loc[unfinished, "arrival_s"]),
+        **slo_figures(s.spec.slo, req.loc[measured], window),
         "step_time_s": distribution(in_window["duration_s"] if len(in_window) else []),
         "bubble_fraction": float(res.stage_bubble.sum() / stage_time) if stage_time else 0.0,
         "gpu_time_fraction": frac,
@@ -234,6 +256,25 @@ def summarise(res: EngineResult, req: pd.DataFrame, gpus: pd.DataFrame,
         "sim_events": res.sim_events,
         "wall_time_s": res.wall_time_s,
     }
+    if s.spec.slo is not None and s.spec.slo.targets():
+        misses = s.spec.slo.misses(summary) + (["overloaded"] if load.overloaded else [])
+        summary.update(slo_met=not misses, slo_misses=misses)
+    else:
+        summary.update(slo_met=None, slo_misses=[])
+    return summary
+
+
+def slo_figures(slo, measured: pd.DataFrame, window: float) -> dict:
+    """The scenario's SLO and goodput: requests per second (after warm-up) whose own TTFT,
+    TPOT and end-to-end latency are each within the SLO's limit for that metric."""
+    if slo is None or not slo.targets():
+        return {"slo": None, "goodput_requests_per_s": None}
+    ok = np.ones(len(measured), dtype=bool)
+    for col, limit in slo.request_limits().items():
+        v = measured[col].to_numpy(float)
+        ok &= ~(v > limit)   # TPOT of a one-token request is NaN: nothing to miss
+    return {"slo": slo.targets(),
+            "goodput_requests_per_s": float(ok.sum()) / window if window > 0 else 0.0}
 
 
 def build_tables(res: EngineResult) -> Tables:

@@ -26,9 +26,9 @@ class SpecError(RacksimError):
         super().__init__(self.paragraph())
 
     def paragraph(self) -> str:
-        where = self.file or "<inline>"
-        head = f"{where}: {self.key}: " if self.key else f"{where}: "
-        text = head + _sentence(self.problem)
+        where = self.file or ("command line" if _is_option(self.key) else None)
+        head = ": ".join(x for x in (where, self.key) if x)
+        text = (head + ": " if head else "") + _sentence(self.problem)
         if self.fix:
             text += " Fix: " + _sentence(self.fix)
         return text
@@ -39,6 +39,17 @@ class SpecError(RacksimError):
         if prefix:
             key = f"{prefix}.{key}" if key else prefix
         return SpecError(self.problem, file=self.file or file, key=key, fix=self.fix)
+
+    def moved(self, *, file: str | None, key: str | None) -> SpecError:
+        """The same problem blamed on another file and key (where the value really came from:
+        a scenario's override of a preset, a `--set` on the command line)."""
+        return SpecError(self.problem, file=file, key=key, fix=self.fix)
+
+
+def _is_option(key: str | None) -> bool:
+    """A key that names a command-line option (`--bytes`, `--set layout.x`) or argument
+    (`KIND`): such an error is the command line's, not a file's."""
+    return bool(key) and (key.startswith("-") or key.isupper())
 
 
 def _sentence(text: str) -> str:

@@ -46,6 +46,15 @@ def _preset_path(kind: Kind, name: str, file: str | None, key: str) -> Path:
                     + "; or give a path to a YAML file, or an inline mapping")
 
 
+def _shown(path: Path) -> str:
+    """A file as messages name it: a preset relative to the repository (or the package),
+    e.g. topologies/hgx-h100.yaml; a user's path as given."""
+    for root in (_PACKAGE_DATA, _REPO_ROOT):
+        if path.is_relative_to(root):
+            return str(path.relative_to(root))
+    return str(path)
+
+
 def _source(ref: Any, kind: Kind, file: str | None, key: str,
             base_dir: Path) -> tuple[dict, str | None]:
     """Raw mapping and the file it came from, for a name, a path or an inline mapping."""
@@ -56,10 +65,14 @@ def _source(ref: Any, kind: Kind, file: str | None, key: str,
             raise SpecError(f"file {str(path)!r} not found", file=file, key=key,
                             fix="give an existing path (relative to the scenario file) or a "
                                 "preset name: " + ", ".join(list_presets(kind)))
-        data = read_yaml(path)
+        shown = _shown(path)
+        try:
+            data = read_yaml(path)
+        except SpecError as exc:
+            raise exc.moved(file=shown, key=exc.key) from None
         if not isinstance(data, dict):
-            raise SpecError("expected a mapping at the top of the file", file=str(path))
-        return data, str(path)
+            raise SpecError("expected a mapping at the top of the file", file=shown)
+        return data, shown
     if isinstance(ref, dict):
         if "preset" in ref:  # {preset: NAME, key: override, ...}
             overrides = dict(ref)
@@ -73,18 +86,42 @@ def _source(ref: Any, kind: Kind, file: str | None, key: str,
                     file=file, key=key, fix="e.g. " + ", ".join(list_presets(kind)[:3]))
 
 
+def _overridden(ref: Any, dotted: str | None) -> bool:
+    """Does `{preset: NAME, ...}` set the key path an error names (`gpu.hbm_bytes`)?"""
+    if not isinstance(ref, dict) or not dotted:
+        return False
+    node = ref
+    for k in dotted.split("."):
+        k = k.split("[")[0]
+        if not isinstance(node, dict) or k not in node:
+            return False
+        node = node[k]
+    return True
+
+
+def _validated(cls, data: dict, ref: Any, src: str | None, file: str | None, key: str):
+    """Errors inside a preset file point at that file; errors in what the scenario sets on
+    top of a preset (`{preset: NAME, gpu: {...}}`) point at the scenario and its key."""
+    if src is None:
+        return validate(cls, data, file, prefix=key)
+    try:
+        return validate(cls, data, src)
+    except SpecError as exc:
+        if _overridden(ref, exc.key):
+            raise exc.moved(file=file, key=f"{key}.{exc.key}") from None
+        raise
+
+
 def load_hardware(ref: Any, *, file: str | None = None, key: str = "hardware",
                   base_dir: Path = Path(".")) -> Hardware:
     data, src = _source(ref, "topologies", file, key, base_dir)
-    if src is not None:  # errors inside a preset file point at that file
-        return validate(Hardware, data, src)
-    return validate(Hardware, data, file, prefix=key)
+    return _validated(Hardware, data, ref, src, file, key)
 
 
 def load_model(ref: Any, *, file: str | None = None, key: str = "model",
                base_dir: Path = Path(".")) -> Model:
     data, src = _source(ref, "models", file, key, base_dir)
-    spec = validate(ModelFile, data, src or file, prefix=None if src else key)
+    spec = _validated(ModelFile, data, ref, src, file, key)
     try:
         return resolve(spec)
     except ValueError as exc:

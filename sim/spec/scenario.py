@@ -19,8 +19,9 @@ from .hardware import Hardware
 from .layout import Layout, kv_capacity_tokens, memory_per_gpu, weight_bytes_per_gpu
 from .model import Model, ModelFile
 from .presets import load_hardware, load_model
+from .slo import SLO
 from .units import format_quantity
-from .validation import validate
+from .validation import check_key_path, validate
 from .workload import Batching, FromTrace, Workload, mean_context
 from .yamlio import read_yaml
 
@@ -40,6 +41,10 @@ class ScenarioFile(Spec):
     batching: Batching
     price_per_gpu_hour: PositiveNumber | None = Field(
         None, description="$ per GPU-hour; enables $ per million tokens")
+    slo: SLO | None = Field(
+        None, description="latency targets (ttft_p99, tpot_p99, e2e_p99, ... as times): the "
+                          "summary says whether the run meets them and reports goodput; "
+                          "`racksim capacity` searches the highest rate that meets them")
     moe: MoEOptions = MoEOptions()
     engine: EngineOptions = EngineOptions()
     faults: list[Fault] = Field(
@@ -91,13 +96,41 @@ class Scenario:
         return mean_context(self.workload)
 
 
-def load_scenario(path: str | Path) -> Scenario:
+# Fields given as a preset name, a path or a mapping, and the model each mapping follows.
+PRESET_FIELDS: dict[str, type[Spec]] = {"hardware": Hardware, "model": ModelFile}
+
+
+def scenario_file(path: str | Path) -> Path:
+    """The path of a scenario file; a folder is named as one, with a YAML file in it to try."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml"))
+        raise SpecError("is a folder, not a scenario file", file=str(path),
+                        fix=f"give one of its YAML files, e.g. {found[0]}" if found else
+                        "give the path of a scenario YAML file")
+    return path
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    path = scenario_file(path)
     return scenario_from_dict(read_yaml(path), file=str(path), base_dir=path.parent)
 
 
-def scenario_from_dict(data: Any, *, file: str = "<inline>", base_dir: Path = Path(".")
+def check_override_key(dotted: str, *, file: str | None = "command line",
+                       key: str | None = None) -> None:
+    """An unknown key in a dotted override (`layout.expert_paralel`) is an error with a
+    did-you-mean; keys reaching into a preset (`hardware.gpu.hbm_bytes`) are checked against
+    the hardware or model format."""
+    check_key_path(ScenarioFile, dotted.split("."), file=file, key=key or dotted,
+                   loose=PRESET_FIELDS)
+
+
+def scenario_from_dict(data: Any, *, file: str | None = None, base_dir: Path = Path(".")
                        ) -> Scenario:
+    """`file` names the scenario in messages; a mapping without one is named by its `name`."""
+    if file is None:
+        name = data.get("name") if isinstance(data, dict) else None
+        file = f"scenario {name!r}" if isinstance(name, str) and name else "inline scenario"
     spec = validate(ScenarioFile, data, file)
     hardware = load_hardware(spec.hardware, file=file, base_dir=base_dir)
     model = load_model(spec.model, file=file, base_dir=base_dir)
@@ -236,11 +269,9 @@ def _smallest_request(w: Workload) -> int | None:
 
 def scenario_json_schema() -> dict:
     """JSON Schema of a scenario file, with the hardware and model mappings spelled out."""
-    from .hardware import Hardware as _H  # noqa: PLC0415 - local for clarity
-
     schema = ScenarioFile.model_json_schema()
     defs = schema.setdefault("$defs", {})
-    for key, cls in (("hardware", _H), ("model", ModelFile)):
+    for key, cls in PRESET_FIELDS.items():
         sub = cls.model_json_schema(ref_template="#/$defs/{model}")
         defs.update(sub.pop("$defs", {}))
         defs[cls.__name__] = sub

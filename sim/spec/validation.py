@@ -62,16 +62,42 @@ class _Union:
         return None
 
 
+def _unknown_key_fix(key: str, allowed: list[str]) -> str:
+    hint = did_you_mean(key, allowed)
+    return (hint[0].upper() + hint[1:] + " " if hint else "") + (
+        "Allowed keys here: " + ", ".join(allowed) if allowed else "remove the key")
+
+
+def check_key_path(cls: type[BaseModel], keys: list[str], *, file: str | None, key: str,
+                   loose: dict[str, type[BaseModel]] | None = None) -> None:
+    """Raise the 'unknown key' SpecError when the dotted path `keys` names no field of `cls`,
+    following nested models and every member of a union (a key of any member passes).
+    `loose` gives the model behind a top-level field typed as a plain mapping (a preset name
+    or mapping, where `preset` is a key too). Below a field that is not a model (a number, a
+    free mapping) nothing is checked: the value's own validation decides."""
+    members: list = [cls]
+    for i, k in enumerate(keys):
+        if i == 1 and loose and keys[0] in loose and k == "preset":
+            return
+        having = [m for m in members if k in m.model_fields]
+        if not having:
+            allowed = list(dict.fromkeys(f for m in members for f in m.model_fields))
+            what = "unknown key" + (f" {k!r}" if i < len(keys) - 1 else "")
+            raise SpecError(what, file=file, key=key, fix=_unknown_key_fix(k, allowed))
+        if i == 0 and loose and k in loose:
+            members = [loose[k]]
+            continue
+        members = [s for m in having for s in _submodels(m.model_fields[k].annotation)]
+        if not members:
+            return
+
+
 def _describe(err: dict, parent: type[BaseModel] | None, key: str) -> tuple[str, str]:
     kind = err["type"]
     value = err.get("input")
     msg = err["msg"]
     if kind == "extra_forbidden":
-        allowed = list(parent.model_fields) if parent is not None else []
-        hint = did_you_mean(key, allowed)
-        fix = (hint[0].upper() + hint[1:] + " " if hint else "") + (
-            "Allowed keys here: " + ", ".join(allowed) if allowed else "remove the key")
-        return "unknown key", fix
+        return "unknown key", _unknown_key_fix(key, list(parent.model_fields) if parent else [])
     if kind == "missing":
         return "required key is missing", "add it (see `racksim schema` for its meaning)"
     if kind == "union_tag_invalid":

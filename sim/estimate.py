@@ -1,0 +1,162 @@
+"""Closed-form serving estimate: the roofline step, plus the step's uncontended communication
+on the layout's real placement, plus the prefill work each output token brings in steady
+state. It is what `racksim roofline` reports beside the pure roofline, where `racksim compare`
+ranks layouts, and where `racksim capacity` starts its search.
+
+Per step of a microbatch of `b` sequences through all stages:
+
+    roofline   = max(compute, weights + kv)                     (sim/roofline.py)
+    prefill    = each output token carries p = prompt / output prompt tokens (the mean
+                 lengths, less the prefix-cache share; none under disaggregated prefill),
+                 so compute scales by (1 + p)
+    comm       = fixed + b (1 + p) per_token   (dispatch and combine per MoE layer, two TP
+                 all-reduces per layer, stage-boundary sends; each alone on its links:
+                 latency + max over links of bytes / capacity)
+    step       = max(compute (1 + p), weights + kv) + comm
+
+It is still a bound: no queueing, no contention between replicas or microbatches, no router
+skew, no slowest-GPU effect, prefill attention's quadratic term left out. Simulation finds
+what those cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from . import roofline as rf
+from .spec.layout import memory_per_gpu
+from .spec.scenario import Scenario
+from .spec.workload import Continuous
+
+
+@dataclass(frozen=True)
+class Communication:
+    """Uncontended communication of one step through all stages."""
+
+    fixed_s: float       # latencies and per-collective overheads
+    per_token_s: float   # link time per token of the step (bytes grow linearly with tokens)
+
+    def time(self, tokens) -> float:
+        return self.fixed_s + np.asarray(tokens, dtype=float) * self.per_token_s
+
+
+def communication(s: Scenario) -> Communication:
+    """The engine's collectives of one step on the layout's real placement, each alone on its
+    links: latency + max(bytes / capacity) over the links it uses."""
+    from .cluster.placement import place  # noqa: PLC0415
+    from .cluster.topology import build_cluster  # noqa: PLC0415
+    from .engine import collectives as coll  # noqa: PLC0415
+    from .engine.costs import layer_costs  # noqa: PLC0415
+
+    lay, m = s.layout, s.model
+    cluster = build_cluster(s.hardware, s.racks)
+    groups = place(cluster, lay, s.file).gpus[0]
+    c = layer_costs(m, s.hardware, lay, s.spec.moe, s.spec.engine.activation_precision, False)
+    G, ep, tp = c.G, c.ep, c.tp
+
+    def drain(t: coll.Transfer) -> float:
+        return float((t.load / cluster.capacity[t.links]).max()) if len(t.links) else 0.0
+
+    fixed = per_token = 0.0
+    if m.moe is not None and ep > 1:  # one token spread evenly, its k copies over EP ranks
+        share = np.full((G, G), c.top_k / (G * ep * tp))
+        for nbytes in (c.dispatch_bytes, c.combine_bytes):
+            t = coll.pair_loads(cluster, groups[0], share * nbytes)
+            fixed += m.moe.moe_layers * t.latency
+            per_token += m.moe.moe_layers * drain(t)
+    if tp > 1:
+        t = coll.all_reduce(cluster, groups[0][:tp], c.activation_bytes / ep,
+                            s.spec.engine.all_reduce)
+        fixed += 2 * m.layers * t.latency
+        per_token += 2 * m.layers * drain(t)
+    for a, b in zip(groups[:-1], groups[1:]):
+        t = coll.send_recv(cluster, a, b, c.activation_bytes / G)
+        fixed += t.latency
+        per_token += drain(t)
+    if lay.pipeline_parallel > 1:
+        fixed += cluster.path_latency(int(groups[-1][0]), int(groups[0][0]))
+    return Communication(fixed, per_token)
+
+
+def prefill_per_output_token(s: Scenario) -> float:
+    """Prompt tokens computed per output token in steady state."""
+    b = s.batching
+    if isinstance(b, Continuous) and b.prefill == "disaggregated":
+        return 0.0
+    w = s.workload
+    return w.prompt_tokens.mean * (1.0 - w.prefix_cache_hit) / w.output_tokens.mean
+
+
+@dataclass(frozen=True)
+class Estimate:
+    batch: float                  # sequences per microbatch
+    context_tokens: float
+    roofline_step_s: float        # max(compute, weights + kv), decode only
+    prefill_compute_s: float      # compute the step's prefill tokens add
+    communication_s: float        # uncontended collectives of the step
+    step_time_s: float            # the estimate of one step through all stages
+    token_cycle_s: float          # time between two tokens of one sequence
+    output_tokens_per_s: float    # the deployment's
+    requests_per_s: float         # output tokens/s over the mean output length
+    fits: bool                    # weights + KV of the batch fit in HBM
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def estimate(s: Scenario, batch: float, context: float | None = None,
+             comm: Communication | None = None, prefill: bool = True) -> Estimate:
+    """The step with communication (and, with `prefill`, steady-state prefill) at `batch`."""
+    context = s.mean_context() if context is None else context
+    comm = communication(s) if comm is None else comm
+    p = prefill_per_output_token(s) if prefill else 0.0
+    rates = rf.Rates.of(s.model, s.hardware, s.layout)
+    compute, weight, kv, roof = (float(x) for x in rf.step_terms(s.model, rates, batch,
+                                                                     context))
+    tokens = batch * (1.0 + p)
+    step = max(compute * (1.0 + p), weight + kv) + float(comm.time(tokens))
+    interval = rf.interval_of(s.batching)
+    cycle = float(rf.token_cycle(s.model, s.layout, step, interval))
+    tps = float(rf.tokens_per_s(s.model, s.layout, batch, step, interval))
+    fits = memory_per_gpu(s.model, s.layout, batch, context) <= s.hardware.gpu.hbm_bytes
+    return Estimate(batch=float(batch), context_tokens=float(context), roofline_step_s=roof,
+                    prefill_compute_s=compute * p, communication_s=float(comm.time(tokens)),
+                    step_time_s=step, token_cycle_s=cycle, output_tokens_per_s=tps,
+                    requests_per_s=tps / s.workload.output_tokens.mean, fits=bool(fits))
+
+
+def largest_batch(s: Scenario, context: float | None = None) -> float:
+    """The largest batch up to `batching.max_batch` whose weights and KV fit in HBM (0 when
+    not even the weights fit)."""
+    context = s.mean_context() if context is None else context
+    cap = float(s.batching.max_batch)
+    hbm = s.hardware.gpu.hbm_bytes
+    if memory_per_gpu(s.model, s.layout, cap, context) <= hbm:
+        return cap
+    lo, hi = 0.0, cap   # memory grows linearly with the batch: bisect on whole sequences
+    while hi - lo > 1:
+        mid = float(np.floor((lo + hi) / 2))
+        lo, hi = (mid, hi) if memory_per_gpu(s.model, s.layout, mid, context) <= hbm \
+            else (lo, mid)
+    return lo
+
+
+def capacity(s: Scenario, comm: Communication | None = None) -> Estimate:
+    """The estimate at the largest batch that fits: the closed form's capacity."""
+    context = s.mean_context()
+    return estimate(s, max(largest_batch(s, context), 1.0), context, comm)
+
+
+def with_communication(s: Scenario, r: rf.Roofline, comm: Communication | None = None
+                       ) -> rf.Roofline:
+    """The roofline `r` of scenario `s` with its decode step's uncontended communication
+    added (no prefill: the roofline's step is a decode step)."""
+    comm = communication(s) if comm is None else comm
+    t = float(comm.time(r.batch))
+    step = r.step_time_s + t
+    tps = float(rf.tokens_per_s(s.model, s.layout, r.batch, step, rf.interval_of(s.batching)))
+    return replace(r, communication_time_s=t, step_time_with_communication_s=step,
+                   tokens_per_s_with_communication=tps,
+                   tokens_per_s_per_gpu_with_communication=tps / r.gpus)
