@@ -6,8 +6,9 @@ duration, warm-up, seed, layout, batching). It *meets* when the run is not overl
 (results/load.py), at least one request completed after warm-up, and every SLO percentile is
 within its limit. The search starts at the closed form's capacity (sim/estimate.py:
 roofline, prefill and uncontended communication), which is optimistic, so it usually steps
-down: it halves the rate until a probe meets (or up to `MAX_HALVINGS` times, then gives up
-and says why), doubles it while probes meet, then bisects (geometric midpoints) until the
+down: it halves the rate until a probe meets (giving up, and saying why, after
+`MAX_HALVINGS` halvings or before a probe would expect fewer than `MIN_ARRIVALS` arrivals in
+its window), doubles it while probes meet, then bisects (geometric midpoints) until the
 highest meeting rate and the lowest failing one are within `tolerance` of each other.
 
 Probes share the seed, and the engine draws Poisson gaps as unit exponentials scaled by the
@@ -29,6 +30,7 @@ from .spec.slo import SLO
 MAX_HALVINGS = 12     # the search gives up 2^12 below where it started
 MAX_DOUBLINGS = 6     # ... and stops 2^6 above it
 DEFAULT_TOLERANCE = 0.05
+MIN_ARRIVALS = 30     # a probe expecting fewer arrivals in its window says too little to judge
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ def search(data: dict, slo: SLO, *, file: str = "<inline>", base_dir: Path = Pat
                         file=file, key="workload.requests",
                         fix="give workload.duration_s (and warmup_s) instead of requests")
     est = capacity(s)
+    window = s.workload.duration_s - s.workload.warmup_s
     result = Capacity(None, None, slo, est.requests_per_s, None)
     if not est.fits:
         result.reason = ("the model's weights and one sequence's KV do not fit in HBM on this "
@@ -134,6 +137,8 @@ def search(data: dict, slo: SLO, *, file: str = "<inline>", base_dir: Path = Pat
     else:
         hi = first
         for _ in range(down):
+            if hi.rate_per_s / step * window < MIN_ARRIVALS:
+                break   # too few requests to judge: report what the lowest probe saw
             p = run(hi.rate_per_s / step)
             if p.meets:
                 lo = p
@@ -142,8 +147,12 @@ def search(data: dict, slo: SLO, *, file: str = "<inline>", base_dir: Path = Pat
     if lo is None:
         result.failing_rate_per_s = hi.rate_per_s
         result.reason = (f"no rate met the SLO, down to {hi.rate_per_s:.4g} requests/s "
-                         f"(the closed form's estimate is {est.requests_per_s:.4g}/s): "
-                         f"{'; '.join(hi.why_not)}")
+                         f"(the closed form's estimate is {est.requests_per_s:.4g}/s); at "
+                         f"that rate: {'; '.join(hi.why_not)}")
+        if hi.rate_per_s / step * window < MIN_ARRIVALS:
+            result.reason += (f" (a lower rate puts fewer than {MIN_ARRIVALS} arrivals in the "
+                              f"{window:.3g} s window: the SLO is below this layout's latency "
+                              "floor, or the window is too short to judge)")
         return result
     while hi is not None and hi.rate_per_s > lo.rate_per_s * (1 + tolerance):
         p = run(math.sqrt(lo.rate_per_s * hi.rate_per_s))

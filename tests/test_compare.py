@@ -74,3 +74,43 @@ def test_compare_cli_prints_a_table(designs, tmp_path, monkeypatch, capsys):
 
     rows = pd.read_csv(tmp_path / "c" / "compare.csv")
     assert list(rows.design) == ["toy-fast", "toy-slow"]
+
+
+def test_compare_finds_capacity_under_a_tight_slo(designs, tmp_path):
+    """The issue's case: a TTFT target the largest batch at a fixed share of the closed form's
+    capacity may miss. Each design's answer is a rate that meets the SLO when its scenario runs
+    alone, and 10% more does not."""
+    from sim.capacity import at_rate
+
+    scen, hw = designs
+    slo = {"tpot_p99": 0.2, "ttft_p99": 0.03}
+    df = compare(scen, hw[:1], tmp_path / "c", slo=slo, budget_gpus=8, shortlist=1,
+                 confirm_s=0.2)
+    row = df.iloc[0]
+    assert row.meets_slo and row.rate_per_s > 0
+    assert row.rate_per_s < row.estimate_rate_per_s    # the closed form was optimistic
+    data = yaml.safe_load(open(row.scenario))
+    assert data["workload"]["arrival"] == {"process": "poisson", "rate_per_s": row.rate_per_s}
+    at = simulate(load(row.scenario)).summary
+    assert not at["overloaded"] and at["ttft_s"]["p99"] <= 0.03 and at["tpot_s"]["p99"] <= 0.2
+    from sim.spec import scenario_from_dict
+
+    above = simulate(scenario_from_dict(at_rate(data, 1.1 * row.rate_per_s))).summary
+    assert above["overloaded"] or above["ttft_s"]["p99"] > 0.03
+
+
+def test_compare_says_why_a_design_has_no_answer(designs, tmp_path, monkeypatch, capsys):
+    scen, hw = designs
+    monkeypatch.setattr(sys, "argv", ["racksim", "compare", str(scen), "--hardware", hw[0],
+                                      "--slo", "ttft_p99=10us", "--budget-gpus", "8",
+                                      "--shortlist", "1", "--confirm-s", "0.2", "--out",
+                                      str(tmp_path / "c")])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code in (0, None)
+    text = capsys.readouterr().out
+    assert "toy-fast: no layout meets the SLO:" in text and "TTFT p99" in text
+    import pandas as pd
+
+    row = pd.read_csv(tmp_path / "c" / "compare.csv").iloc[0]
+    assert not row.meets_slo and "TTFT p99" in row.reason and "batch" in row.reason
