@@ -30,6 +30,11 @@ def test_run_report_embeds_every_picture(run_folder):
     assert "src=\"http" not in page and "<script" not in page, "self-contained"
     for words in ("tokens/s per GPU", "Latency", "GPU time breakdown", "Links by tier"):
         assert words in page
+    import json
+
+    sm = json.loads((run_folder / "summary.json").read_text())
+    assert "<h2>Load</h2>" in page and sm["load"]["text"] in page   # the overload verdict
+    assert sm["latency_coverage"]["text"] in page
 
 
 def test_sweep_report_has_plots_and_table(write_yaml, tmp_path):

@@ -88,6 +88,25 @@ def _gpu_breakdown(gpus: pd.DataFrame):
     return fig
 
 
+def _load_section(sm: dict) -> str:
+    """Whether the deployment kept up (results/load.py), what the percentiles cover, and the
+    run's warnings; summaries from before the verdict have none of it."""
+    load = sm.get("load")
+    if load is None:
+        return ""
+    colour = "#b00020" if sm.get("overloaded") else "#1b5e20"
+    out = [f'<h2>Load</h2><p style="color:{colour}"><b>{html.escape(load["text"])}</b></p>']
+    if load.get("reasons"):
+        out.append("<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in load["reasons"])
+                   + "</ul>")
+    cov = sm.get("latency_coverage") or {}
+    if cov.get("text"):
+        out.append(f"<p>Latency percentiles: {html.escape(cov['text'])}.</p>")
+    for w in sm.get("warnings") or []:
+        out.append(f"<p><b>Warning:</b> {html.escape(w)}</p>")
+    return "".join(out)
+
+
 def _run_page(folder: Path) -> str:
     sm = json.loads((folder / "summary.json").read_text())
     parts = [f"<h1>{html.escape(sm.get('name') or sm.get('scenario', 'run'))}</h1>",
@@ -103,6 +122,7 @@ def _run_page(folder: Path) -> str:
              ("$ per million tokens", sm["cost_per_million_tokens"])]
     parts.append('<div class="cards">' + "".join(
         f'<div class="card">{html.escape(k)}<b>{_fmt(v)}</b></div>' for k, v in cards) + "</div>")
+    parts.append(_load_section(sm))
     rows = []
     for key in ("queue_wait_s", "ttft_s", "tpot_s", "e2e_s", "step_time_s"):
         d = sm[key]
