@@ -71,3 +71,13 @@ def small_run() -> dict:
                      "arrival": {"process": "poisson", "rate_per_s": 300}}
     d["batching"] = {"policy": "continuous", "max_batch": 64}
     return d
+
+
+def one_server(duration_s: float, warmup_s: float, max_batch: int, **workload) -> dict:
+    """BASE on one toy server (EP 8), continuous batching, with workload keys replaced."""
+    d = copy.deepcopy(BASE)
+    d["racks"], d["layout"] = 1, {"expert_parallel": 8}
+    d["workload"] = {**d["workload"], "duration_s": duration_s, "warmup_s": warmup_s,
+                     **workload}
+    d["batching"] = {"policy": "continuous", "max_batch": max_batch}
+    return d

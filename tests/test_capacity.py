@@ -4,13 +4,12 @@ communication adds to the roofline step as its closed form says."""
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 
 import pytest
 
-from conftest import BASE, TOY_DENSE
+from conftest import TOY_DENSE, one_server
 from sim import cli
 from sim.api import simulate
 from sim.capacity import at_rate, search
@@ -22,13 +21,8 @@ from sim.spec.errors import SpecError
 
 
 def small() -> dict:
-    d = copy.deepcopy(BASE)
-    d["racks"], d["layout"] = 1, {"expert_parallel": 8}
-    d["workload"] = {**d["workload"], "duration_s": 1.5, "warmup_s": 0.3,
-                     "prompt_tokens": {"dist": "fixed", "value": 512},
-                     "output_tokens": {"dist": "fixed", "value": 32}}
-    d["batching"] = {"policy": "continuous", "max_batch": 128}
-    return d
+    return one_server(1.5, 0.3, 128, prompt_tokens={"dist": "fixed", "value": 512},
+                      output_tokens={"dist": "fixed", "value": 32})
 
 
 def run_cli(monkeypatch, capsys, *args):

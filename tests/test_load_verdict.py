@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import BASE
+from conftest import BASE, one_server
 from sim.api import simulate
 from sim.results.load import judge, waiting_at
 from sim.spec import scenario_from_dict
@@ -89,12 +89,8 @@ def test_nothing_completed_has_no_price_and_a_warning():
 
 
 def test_goodput_and_slo_verdict():
-    d = copy.deepcopy(BASE)
-    d["racks"], d["layout"] = 1, {"expert_parallel": 8}
-    d["workload"] = {**d["workload"], "duration_s": 1.0, "warmup_s": 0.2,
-                     "arrival": {"process": "poisson", "rate_per_s": 100},
-                     "output_tokens": {"dist": "fixed", "value": 16}}
-    d["batching"] = {"policy": "continuous", "max_batch": 64}
+    d = one_server(1.0, 0.2, 64, arrival={"process": "poisson", "rate_per_s": 100},
+                   output_tokens={"dist": "fixed", "value": 16})
     loose = simulate(scenario_from_dict({**d, "slo": {"ttft_p99": "1 h"}})).summary
     tight = simulate(scenario_from_dict({**d, "slo": {"ttft_p99": "1 us",
                                                       "tpot_p50": "1 h"}})).summary
