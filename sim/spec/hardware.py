@@ -57,6 +57,40 @@ class ScaleOut(Spec):
         1.0, ge=1.0, description="leaf downlink capacity / uplink capacity (1 = non-blocking)")
 
 
+class KernelClass(Spec):
+    """How one class of kernels runs (sim/engine/kernels.py): each kernel takes its own
+    roofline at these achieved fractions of peak, its M (tokens) padded up to a multiple of
+    `tile_m`, plus a fixed cost (launch, ramp-up, tail)."""
+
+    compute: Fraction | dict[Precision, Fraction] = Field(
+        1.0, description="achieved / peak FLOP/s on large shapes: one figure, or one per "
+                         "matmul precision")
+    memory: Fraction = Field(1.0, description="achieved / peak HBM bandwidth on large reads")
+    fixed: SecondsOrZero = Field(0.0, description="fixed cost per kernel")
+    tile_m: PositiveInt = Field(1, description="M is computed in tiles of this many rows")
+
+    def compute_at(self, precision: str | None) -> float:
+        if not isinstance(self.compute, dict):
+            return float(self.compute)
+        if precision in self.compute:
+            return float(self.compute[precision])
+        # the nearest precision given, by width (fp4 weights on an fp8-only GPU: fp8's)
+        order = PRECISION_ORDER.get(precision or "", PRECISION_ORDER["bf16"])
+        return float(min(self.compute.items(),
+                         key=lambda kv: abs(PRECISION_ORDER[kv[0]] - order))[1])
+
+
+class KernelTiming(Spec):
+    """Per-kernel timing parameters of one GPU generation, fitted on measured kernel
+    latencies (`racksim calibrate`; docs/kernel-model.md)."""
+
+    source: str = Field("", description="the measured data and the fit that produced these")
+    gemm: KernelClass = KernelClass()
+    grouped_gemm: KernelClass = KernelClass()
+    attention: KernelClass = KernelClass()
+    elementwise: KernelClass = KernelClass()
+
+
 class Efficiency(Spec):
     """Achievable fractions of peak and fixed overheads, calibrated per GPU generation against
     published measurements (docs/validation.md says from which cases)."""
@@ -71,6 +105,10 @@ class Efficiency(Spec):
     collective_overhead: SecondsOrZero = Field(
         0.0, description="fixed cost of one collective (kernel launch, synchronisation), "
                          "paid once per collective on top of link latency")
+    kernels: KernelTiming | None = Field(
+        None, description="per-kernel timing (shape-dependent efficiency and fixed costs); "
+                          "absent: every kernel at `compute`/`attention_compute`/`memory` "
+                          "with no fixed cost")
 
 
 class Hardware(Spec):

@@ -225,6 +225,7 @@ class Model:
     parts: tuple[Part, ...] = ()
     published: Published | None = None
     sources: dict[str, str] = field(default_factory=dict)
+    architecture: Architecture | None = None   # the shapes, when the file gives them
 
     @property
     def is_moe(self) -> bool:
@@ -315,4 +316,4 @@ def _derive(a: Architecture, common: dict, kv_b: float) -> Model:
         kv_bytes_per_token=a.layers * kv_elems * kv_b,
         attention_flops_per_context_token=float(
             a.layers * a.attention.attention_flops_per_context_token()),
-        moe=moe, parts=tuple(parts), **common)
+        moe=moe, parts=tuple(parts), architecture=a, **common)
