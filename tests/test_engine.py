@@ -405,14 +405,17 @@ def signatures():
     for m in pkgutil.iter_modules(sim.engine.__path__):
         mod = importlib.import_module("sim.engine." + m.name)
         for name, obj in vars(mod).items():
-            if isinstance(obj, numba.core.registry.CPUDispatcher):
+            if isinstance(obj, numba.core.registry.CPUDispatcher) and \
+                    obj.py_func.__module__ == mod.__name__:   # defined there, not imported
                 out[mod.__name__ + "." + name] = set(obj.signatures)
     return out
 
 warm()
 before = signatures()
 for path, end in (("scenarios/default.yaml", 0.5), ("scenarios/fault-link-down.yaml", 1.2)):
-    rs.simulate(rs.load(path, **{"workload.duration_s": end, "workload.warmup_s": 0.1}))
+    for timing in ("pooled", "analytical"):
+        rs.simulate(rs.load(path, **{"workload.duration_s": end, "workload.warmup_s": 0.1,
+                                     "engine.op_timing": timing}))
 after = signatures()
 print(len(before), sorted(k for k in after if after[k] - before[k]))
 """

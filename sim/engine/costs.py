@@ -11,7 +11,7 @@ expert's weights only when at least one token was routed to it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numba
 import numpy as np
@@ -21,6 +21,8 @@ from ..spec.hardware import Hardware
 from ..spec.layout import Layout, dense_share
 from ..spec.model import Model
 from ..spec.precision import BYTES_PER_ELEMENT, precision_for_bytes
+from . import kernels
+from .kernels import KernelTable, grouped_time, layer_time
 from .sampling import Categories, LogFactorials, categories, multinomial
 
 
@@ -75,6 +77,10 @@ class LayerCosts:
     dispatch_bytes: float         # per token per expert copy
     combine_bytes: float
     activation_bytes: float       # per token, stage boundary and TP all-reduce
+    # kernel-level timing (kernels.py); None: the pooled rule (one roofline per phase)
+    dense_kernels: KernelTable | None = None
+    expert_kernels: KernelTable | None = None
+    dense_sharded: bool = True    # dense part split over the whole stage group
 
     @property
     def experts_per_rank(self) -> int:
@@ -84,25 +90,48 @@ class LayerCosts:
         """Attention + dense part on each GPU: (time, compute_bound) arrays over G GPUs.
         `tokens[i]` tokens run in GPU i's attention group (its TP group shares them),
         `kv_tokens[i]` context tokens whose KV it reads, `attn_pairs[i]` query x context
-        pairs of its attention."""
-        return _dense_phase(np.asarray(tokens, dtype=float), np.asarray(kv_tokens, dtype=float),
-                            np.asarray(attn_pairs, dtype=float), self.dense_flops_per_token,
-                            self.attn_flops_per_ctx, self.flops, self.attn_flops_rate, self.tp,
-                            self.dense_weight_bytes, self.kv_bytes_per_token, self.bandwidth)
+        pairs of its attention. With kernels, the compute-bound flag is the share of the
+        time its compute-bound kernels take."""
+        k = self.dense_kernels
+        if k is not None:
+            rows, kv, pairs = (np.asarray(x, dtype=float) for x in (tokens, kv_tokens,
+                                                                     attn_pairs))
+            if self.dense_sharded:   # every GPU runs the whole step on its slice
+                n = len(rows)
+                rows, kv, pairs = (np.full(n, x.sum() / self.tp) for x in (rows, kv, pairs))
+            return layer_time(rows, kv, pairs, k.cls, k.flops_per_row, k.weight_bytes,
+                              k.io_bytes_per_row, k.per_layer, k.kv_bytes, k.flops_per_pair,
+                              k.flops_rate, k.bytes_rate, k.fixed, k.tile)
+        t, cb = _dense_phase(np.asarray(tokens, dtype=float),
+                             np.asarray(kv_tokens, dtype=float),
+                             np.asarray(attn_pairs, dtype=float), self.dense_flops_per_token,
+                             self.attn_flops_per_ctx, self.flops, self.attn_flops_rate,
+                             self.tp, self.dense_weight_bytes, self.kv_bytes_per_token,
+                             self.bandwidth)
+        return t, cb.astype(np.float64)
 
     def expert_phase(self, expert_tokens: np.ndarray):
         """Routed experts on each GPU given tokens per expert (length E):
         (time, compute_bound) arrays over G GPUs."""
-        t, cb = _expert_phase(np.asarray(expert_tokens, dtype=float), self.ep,
-                              self.experts_per_rank, self.expert_params, self.tp, self.bpp,
-                              self.flops, self.bandwidth)
+        k = self.expert_kernels
+        if k is not None:
+            t, cb = grouped_time(np.asarray(expert_tokens, dtype=float), self.ep,
+                                 self.experts_per_rank, k.cls, k.flops_per_row,
+                                 k.weight_bytes, k.io_bytes_per_row, k.per_layer,
+                                 k.flops_rate, k.bytes_rate, k.fixed, k.tile)
+        else:
+            t, cb = _expert_phase(np.asarray(expert_tokens, dtype=float), self.ep,
+                                  self.experts_per_rank, self.expert_params, self.tp,
+                                  self.bpp, self.flops, self.bandwidth)
+            cb = cb.astype(np.float64)
         if self.tp == 1:
             return t, cb
         return np.repeat(t, self.tp), np.repeat(cb, self.tp)
 
 
 def layer_costs(model: Model, hardware: Hardware, layout: Layout, moe: MoEOptions,
-                activation_precision: str, attention_flops: bool) -> LayerCosts:
+                activation_precision: str, attention_flops: bool,
+                op_timing: str = "pooled") -> LayerCosts:
     _, peak = hardware.gpu.flops_at(model.compute_precision)
     # attention multiplies activations by the KV cache: at the KV precision, at least BF16
     # (FlashMLA computes in BF16 even over an FP8 cache)
@@ -119,6 +148,16 @@ def layer_costs(model: Model, hardware: Hardware, layout: Layout, moe: MoEOption
         per_expert = 0.0
     dense_total = model.total_params - model.routed_expert_params
     dense_active = model.active_params - k * per_expert * n_moe
+    dense_k = expert_k = None
+    if op_timing == "analytical":
+        t = dense_share(layout)
+        dk = kernels.dense_kernels(model, model.architecture, t, model.compute_precision)
+        if not attention_flops:
+            dk = [replace(x, flops_per_pair=0.0) for x in dk]
+        dense_k = kernels.table(dk, hardware, attn_prec or "bf16")
+        ek = kernels.expert_kernels(model, model.architecture, layout.tensor_parallel,
+                                    model.compute_precision)
+        expert_k = kernels.table(ek, hardware, attn_prec or "bf16") if ek else None
     return LayerCosts(
         G=G, ep=layout.expert_parallel, tp=layout.tensor_parallel,
         flops=peak * eff.compute, attn_flops_rate=attn_peak * eff.attention_compute,
@@ -132,7 +171,9 @@ def layer_costs(model: Model, hardware: Hardware, layout: Layout, moe: MoEOption
         expert_params=per_expert, experts=E + (moe.redundant_experts if E else 0), top_k=k,
         dispatch_bytes=token_bytes(model.hidden, moe.dispatch_precision, moe.scale_block),
         combine_bytes=token_bytes(model.hidden, moe.combine_precision, moe.scale_block),
-        activation_bytes=model.hidden * BYTES_PER_ELEMENT[activation_precision])
+        activation_bytes=model.hidden * BYTES_PER_ELEMENT[activation_precision],
+        dense_kernels=dense_k, expert_kernels=expert_k,
+        dense_sharded=dense_share(layout) == layout.stage_gpus)
 
 
 def moe_layer_flags(model: Model) -> np.ndarray:

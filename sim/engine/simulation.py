@@ -248,7 +248,7 @@ class Simulation:
                            stats_from=s.workload.warmup_s)
         self.costs = layer_costs(m, s.hardware, lay, s.spec.moe,
                                  s.spec.engine.activation_precision,
-                                 s.spec.engine.attention_flops)
+                                 s.spec.engine.attention_flops, s.spec.engine.op_timing)
         flags = moe_layer_flags(m)
         bounds = np.cumsum([0, *stage_layers(m.layers, lay.pipeline_parallel)])
         self.stage_moe = [flags[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
@@ -256,7 +256,7 @@ class Simulation:
         self.stage_layers = [(int(f.sum()), len(f)) for f in self.stage_moe]  # (MoE, all)
         G = lay.stage_gpus
         self.no_slowdown = np.ones(G)                       # no straggler: op times as is
-        self.no_time, self.no_bound = np.zeros(G), np.zeros(G, dtype=bool)   # no MoE part
+        self.no_time, self.no_bound = np.zeros(G), np.zeros(G)   # no MoE part
         self.timelines = [stage_timeline(f, lay.tensor_parallel, lay.expert_parallel)
                           for f in self.stage_moe]
         self.send_shape = TrainShape(np.array([0]))   # a stage boundary: a wait, the send
@@ -1107,15 +1107,18 @@ def _waits(dense, t_dense, expert, t_exp, slot, latency):   # pragma: no cover
 def _stage_ops(dense_t, dense_cb, n_layers, exp_t, exp_cb, n_moe, slow):   # pragma: no cover
     """A stage-step's op time on each GPU (compiled): `n_layers` dense phases and `n_moe`
     expert phases, each scaled by the GPU's slowdown; split into compute-bound (comp) and
-    memory-bound (mem) seconds; and the slowest GPU's dense and expert phase."""
+    memory-bound (mem) seconds by each phase's compute-bound share (0 or 1 for one
+    roofline, the compute-bound kernels' share of a kernel sum); and the slowest GPU's dense
+    and expert phase."""
     n = len(dense_t)
     comp, mem = np.empty(n), np.empty(n)
     t_dense = t_exp = 0.0
     for i in range(n):
         d, e = dense_t[i] * slow[i], exp_t[i] * slow[i]
         t_dense, t_exp = max(t_dense, d), max(t_exp, e)
-        comp[i] = d * dense_cb[i] * n_layers + e * exp_cb[i] * n_moe
-        mem[i] = d * (not dense_cb[i]) * n_layers + e * (not exp_cb[i]) * n_moe
+        dc, ec = float(dense_cb[i]), float(exp_cb[i])
+        comp[i] = d * dc * n_layers + e * ec * n_moe
+        mem[i] = d * (1.0 - dc) * n_layers + e * (1.0 - ec) * n_moe
     return comp, mem, t_dense, t_exp
 
 

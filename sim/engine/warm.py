@@ -9,7 +9,8 @@ runs this after installing, so `make run` and `make test` start with the kernels
 It simulates a tiny made-up cluster (two racks, two replicas whose expert-parallel groups
 span both racks over an oversubscribed fabric, and a two-stage pipeline), which reaches
 every kernel: routing draws, link loads within and across domains, prepared transfers,
-trains, the shared max-min solve, step plans, op timing and accounting.
+trains, the shared max-min solve, step plans, op timing (pooled and per kernel) and
+accounting.
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ def warm() -> float:
     from .simulation import simulate
 
     t = time.perf_counter()
-    for layout in ({"expert_parallel": 8, "data_parallel": 2},
-                   {"expert_parallel": 4, "pipeline_parallel": 2, "data_parallel": 2}):
-        simulate(scenario_from_dict({**TOY, "layout": layout}))
+    for layout, timing in (({"expert_parallel": 8, "data_parallel": 2}, "pooled"),
+                           ({"expert_parallel": 4, "pipeline_parallel": 2,
+                             "data_parallel": 2}, "analytical")):
+        simulate(scenario_from_dict({**TOY, "layout": layout,
+                                     "engine": {**TOY["engine"], "op_timing": timing}}))
     op_time(1.0, 1.0, 1.0, 1.0)   # the scalar form (validation's kernel cases)
     return time.perf_counter() - t
 
