@@ -678,8 +678,10 @@ def show_model(name: Annotated[str, typer.Argument(help="preset name or path")],
         pt, pa = m.published.total_params, m.published.active_params
         out.print(f"published: {pt / 1e9:,.1f} B total ({(m.total_params / pt - 1) * 100:+.1f}%), "
                   f"{pa / 1e9:,.1f} B active ({(m.active_params / pa - 1) * 100:+.1f}%)")
+    per = ", ".join(f"{c} {m.precision_of(c)} ({m.bytes_of(c):g} B/param)"
+                    for c in m.component_bytes)
     out.print(f"weights: {m.bytes_per_param:g} bytes/param -> {fq(m.weight_bytes, 'B')}; "
-              f"matmuls at {m.compute_precision}")
+              f"matmuls at {m.compute_precision}" + (f"; per component: {per}" if per else ""))
     out.print(f"KV cache: {fq(m.kv_bytes_per_token, 'B')} per token "
               f"({m.kv_bytes_per_token:,.0f} bytes, {m.kv_bytes_per_element:g} bytes/element)")
     if m.moe:

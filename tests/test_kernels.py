@@ -85,7 +85,7 @@ def test_layer_kernels_hold_the_models_weights_and_flops(name, t):
     parts = {p.name: p for p in m.parts}
     skip = sum(parts[p].total for p in parts if p.startswith(("embedding", "norms")))
     skip_active = sum(parts[p].active for p in parts if p.startswith(("embedding", "norms")))
-    ks = kn.dense_kernels(m, m.architecture, t, "bf16")
+    ks = kn.dense_kernels(m, m.architecture, t)
     weights = sum(k.weight_bytes * k.per_layer for k in ks) * m.layers * t
     dense_params = m.total_params - m.routed_expert_params - skip
     assert weights == pytest.approx(dense_params * m.bytes_per_param, rel=2e-3)
@@ -94,7 +94,7 @@ def test_layer_kernels_hold_the_models_weights_and_flops(name, t):
     assert flops == pytest.approx(2 * (m.active_params - routed_active - skip_active),
                                   rel=2e-3)
     if m.moe is not None:
-        ex = kn.expert_kernels(m, m.architecture, t, "bf16")
+        ex = kn.expert_kernels(m, m.architecture, t)
         per_expert = m.routed_expert_params / (m.moe.experts * m.moe.moe_layers)
         assert sum(k.weight_bytes for k in ex) * t == pytest.approx(
             per_expert * m.bytes_per_param)
@@ -114,3 +114,21 @@ def test_grouped_experts_pad_each_expert_and_read_only_used_weights():
         tm = (1024 * 1024 + rows * 2048 * kn.ACT_BYTES) / bw
         assert t[r] == pytest.approx(max(tc, tm))
         assert share[r] == float(tc > tm)
+
+
+def test_components_at_their_own_precision():
+    """FP4 experts beside FP8 attention and BF16 dense parts: each part's bytes at its own
+    precision, and each kernel at its component's precision."""
+    m = load_model({"preset": "deepseek-v3", "attention_precision": "fp8",
+                    "moe_precision": "fp4", "dense_precision": "bf16"})
+    base = load_model("deepseek-v3")   # fp8 throughout
+    parts = {p.name: p.total for p in m.parts}
+    expect = (parts["attention"] * 1.0 + parts["routed experts"] * 0.5
+              + (m.total_params - parts["attention"] - parts["routed experts"]) * 2.0)
+    assert m.weight_bytes == pytest.approx(expect)
+    assert base.weight_bytes == pytest.approx(base.total_params * 1.0)
+    assert m.routed_weight_bytes == pytest.approx(parts["routed experts"] * 0.5)
+    dense = {k.name: k for k in kn.dense_kernels(m, m.architecture, 1)}
+    assert dense["q_b"].precision == "fp8" and dense["shared_down"].precision == "bf16"
+    ex = kn.expert_kernels(m, m.architecture, 1)
+    assert {k.precision for k in ex if k.cls == kn.GROUPED} == {"fp4"}

@@ -180,3 +180,30 @@ def test_trace_streams_in_chunks_and_checks_across_them(tmp_path):
     assert len(next(chunks).arrival_s) == 4
     with pytest.raises(SpecError, match="row 8: arrival_s goes backwards"):
         next(chunks)
+
+
+def test_step_token_budget_counts_decode_and_prompt_tokens():
+    """max_num_tokens: a step carries at most that many tokens, decode first; prompt tokens
+    get what is left, up to chunk_tokens."""
+    from sim.engine.serving import Slot
+
+    slot = Slot()
+    slot.admit(np.arange(5), np.array([0, 0, 0, 100, 100]), np.array([10] * 5),
+               False, np.zeros(5, dtype=np.int64))
+    free = slot.plan("chunked", 64)
+    capped = slot.plan("chunked", 64, step_tokens=40)
+    tight = slot.plan("chunked", 64, step_tokens=2)
+    assert (free.tokens, free.prefill_tokens) == (3 + 64, 64)
+    assert (capped.tokens, capped.prefill_tokens) == (40, 37)
+    assert (tight.tokens, tight.prefill_tokens) == (3, 0)   # decode is never starved
+
+
+def test_kv_memory_fraction_scales_the_cache():
+    from sim.spec.layout import weight_bytes_per_gpu
+
+    d = copy.deepcopy(BASE)
+    full = scenario_from_dict(d)
+    part = scenario_from_dict({**d, "kv_cache": {"memory_fraction": 0.5}})
+    free = full.hardware.gpu.hbm_bytes - weight_bytes_per_gpu(full.model, full.layout)
+    assert part.kv_capacity_tokens() == pytest.approx(full.kv_capacity_tokens() / 2, abs=1)
+    assert full.kv_capacity_tokens() > 0 and free > 0

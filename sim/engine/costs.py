@@ -146,24 +146,23 @@ def layer_costs(model: Model, hardware: Hardware, layout: Layout, moe: MoEOption
     else:
         E = k = n_moe = 0
         per_expert = 0.0
-    dense_total = model.total_params - model.routed_expert_params
     dense_active = model.active_params - k * per_expert * n_moe
     dense_k = expert_k = None
     if op_timing == "analytical":
         t = dense_share(layout)
-        dk = kernels.dense_kernels(model, model.architecture, t, model.compute_precision)
+        dk = kernels.dense_kernels(model, model.architecture, t)
         if not attention_flops:
             dk = [replace(x, flops_per_pair=0.0) for x in dk]
         dense_k = kernels.table(dk, hardware, attn_prec or "bf16")
-        ek = kernels.expert_kernels(model, model.architecture, layout.tensor_parallel,
-                                    model.compute_precision)
+        ek = kernels.expert_kernels(model, model.architecture, layout.tensor_parallel)
         expert_k = kernels.table(ek, hardware, attn_prec or "bf16") if ek else None
     return LayerCosts(
         G=G, ep=layout.expert_parallel, tp=layout.tensor_parallel,
         flops=peak * eff.compute, attn_flops_rate=attn_peak * eff.attention_compute,
         bandwidth=hardware.gpu.hbm_bandwidth * eff.memory,
-        bpp=model.bytes_per_param,
-        dense_weight_bytes=dense_total * model.bytes_per_param / (L * dense_share(layout)),
+        bpp=model.bytes_of("moe"),
+        dense_weight_bytes=(model.weight_bytes - model.routed_weight_bytes)
+        / (L * dense_share(layout)),
         dense_flops_per_token=2.0 * dense_active / L,
         attn_flops_per_ctx=(model.attention_flops_per_context_token / L) if attention_flops
         else 0.0,

@@ -70,10 +70,12 @@ def _norm(name: str, width: float, per_layer: float = 1.0) -> Kernel:
                   per_layer=per_layer)
 
 
-def dense_kernels(model: Model, arch: Architecture | None, t: int, precision: str
-                  ) -> list[Kernel]:
-    """The dense part of an average layer on one GPU, its weights split `t` ways."""
-    L, bpp = model.layers, model.bytes_per_param
+def dense_kernels(model: Model, arch: Architecture | None, t: int) -> list[Kernel]:
+    """The dense part of an average layer on one GPU, its weights split `t` ways; each GEMM
+    at its component's weight precision (`attention`, `dense`; model.bytes_of)."""
+    L = model.layers
+    abpp, aprec = model.bytes_of("attention"), model.precision_of("attention")
+    bpp, precision = model.bytes_of("dense"), model.precision_of("dense")
     if arch is None:   # totals only: one GEMM of the dense weights per layer, K = hidden
         dense = (model.total_params - model.routed_expert_params) / (L * t)
         return [_gemm("dense", dense / model.hidden, model.hidden, bpp, precision),
@@ -83,27 +85,27 @@ def dense_kernels(model: Model, arch: Architecture | None, t: int, precision: st
     H, a = arch.hidden, arch.attention
     ks = [_norm("norms", H, 2.0)]
     if isinstance(a, GQA):
-        ks.append(_gemm("qkv", (a.heads + 2 * a.kv_heads) * a.head_dim / t, H, bpp, precision))
+        ks.append(_gemm("qkv", (a.heads + 2 * a.kv_heads) * a.head_dim / t, H, abpp, aprec))
         o_k = a.heads * a.head_dim / t
     else:
         assert isinstance(a, MLA)
         qk = a.qk_nope_head_dim + a.qk_rope_head_dim
         if a.q_lora_rank:
-            ks += [_gemm("q_a", a.q_lora_rank / t, H, bpp, precision),
-                   _gemm("q_b", a.heads * qk / t, a.q_lora_rank, bpp, precision)]
+            ks += [_gemm("q_a", a.q_lora_rank / t, H, abpp, aprec),
+                   _gemm("q_b", a.heads * qk / t, a.q_lora_rank, abpp, aprec)]
         else:
-            ks.append(_gemm("q", a.heads * qk / t, H, bpp, precision))
-        ks += [_gemm("kv_a", (a.kv_lora_rank + a.qk_rope_head_dim) / t, H, bpp, precision),
+            ks.append(_gemm("q", a.heads * qk / t, H, abpp, aprec))
+        ks += [_gemm("kv_a", (a.kv_lora_rank + a.qk_rope_head_dim) / t, H, abpp, aprec),
                # absorbed decode: W_UK and W_UV applied per head as batched GEMMs
                _gemm("kv_b", a.heads * (a.qk_nope_head_dim + a.v_head_dim) / t,
-                     a.kv_lora_rank, bpp, precision)]
+                     a.kv_lora_rank, abpp, aprec)]
         o_k = a.heads * a.v_head_dim / t
     kv_elems = a.kv_elements_per_token_per_layer()
-    ks.append(Kernel("attention", ATTENTION, precision,
+    ks.append(Kernel("attention", ATTENTION, aprec,
                      kv_bytes=kv_elems * model.kv_bytes_per_element / t,
                      flops_per_pair=a.attention_flops_per_context_token() / t,
                      io_bytes_per_row=2.0 * o_k * ACT_BYTES))
-    ks.append(_gemm("o", H, o_k, bpp, precision))
+    ks.append(_gemm("o", H, o_k, abpp, aprec))
     if arch.dense_layers:
         f, share = arch.ffn_hidden / t, arch.dense_layers / L
         ks += [_gemm("mlp_gate_up", 2 * f, H, bpp, precision, share),
@@ -121,13 +123,12 @@ def dense_kernels(model: Model, arch: Architecture | None, t: int, precision: st
     return ks
 
 
-def expert_kernels(model: Model, arch: Architecture | None, tp: int, precision: str
-                   ) -> list[Kernel]:
+def expert_kernels(model: Model, arch: Architecture | None, tp: int) -> list[Kernel]:
     """One EP rank's routed experts as grouped GEMMs (per expert: rows = its tokens), split
-    over the rank's `tp` GPUs."""
+    over the rank's `tp` GPUs, at the experts' weight precision."""
     if model.moe is None:
         return []
-    bpp = model.bytes_per_param
+    bpp, precision = model.bytes_of("moe"), model.precision_of("moe")
     if arch is None or arch.moe is None:   # totals: one GEMM of an expert's weights
         per = model.routed_expert_params / (model.moe.experts * model.moe.moe_layers * tp)
         return [_gemm("experts", per / model.hidden, model.hidden, bpp, precision,

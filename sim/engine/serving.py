@@ -99,8 +99,15 @@ class Slot:
         self.rem = np.concatenate([self.rem, output])
         self.pre = np.concatenate([self.pre, prompt - cached])
 
-    def plan(self, prefill: str, chunk_tokens: int) -> StepPlan:
-        decode, take, n_dec, n_pre, kv, pairs, n_seq = _plan(self.pre, self.ctx, chunk_tokens,
+    def plan(self, prefill: str, chunk_tokens: int, step_tokens: int | None = None
+             ) -> StepPlan:
+        """The next step: decoding sequences, plus prompt tokens up to `chunk_tokens`, and
+        with a per-step token budget (`step_tokens`, TensorRT-LLM's max_num_tokens) no more
+        than what the decoding sequences leave of it."""
+        budget = chunk_tokens
+        if step_tokens is not None:
+            budget = min(budget, max(step_tokens - int(np.count_nonzero(self.pre == 0)), 0))
+        decode, take, n_dec, n_pre, kv, pairs, n_seq = _plan(self.pre, self.ctx, budget,
                                                              prefill == "separate")
         return StepPlan(decode, take, n_dec + n_pre, n_pre, kv, pairs, n_seq)
 

@@ -29,7 +29,7 @@ import simpy
 
 from ..cluster.placement import Placement, place
 from ..cluster.topology import Cluster, build_cluster
-from ..spec.layout import kv_capacity_tokens, stage_layers
+from ..spec.layout import stage_layers
 from ..spec.scenario import Scenario
 from ..spec.trace import iter_trace
 from ..spec.workload import (DEFAULT_CHUNK_TOKENS, QUEUE_BATCHES, Closed, Fixed,
@@ -280,7 +280,7 @@ class Simulation:
         self.stages = [[StageLock(self.env) for _ in range(self.P)]
                        for _ in range(self.R)]
         self.inflight = [Interval(self.warmup) for _ in range(self.R)]
-        self.kv_capacity = kv_capacity_tokens(s.model, s.layout, s.hardware.gpu.hbm_bytes)
+        self.kv_capacity = s.kv_capacity_tokens()
         self.kv_reserved = np.zeros(self.R)
         n = self.cluster.n_gpus
         self.gpu_compute = np.zeros(n)
@@ -318,6 +318,7 @@ class Simulation:
         self.batching = s.batching
         self.prefill = getattr(self.batching, "prefill", "chunked")
         self.chunk = getattr(self.batching, "chunk_tokens", DEFAULT_CHUNK_TOKENS)
+        self.step_tokens = getattr(self.batching, "max_num_tokens", None)
         # faults (docs/faults.md): live replicas, per-GPU op slowdown (None: none active)
         self.alive = [True] * self.R
         self.n_alive = self.R
@@ -603,7 +604,7 @@ class Simulation:
                 if not len(slot):
                     yield self._wait_for_work(r)
                     continue
-                plan = slot.plan(self.prefill, self.chunk)
+                plan = slot.plan(self.prefill, self.chunk, self.step_tokens)
                 start = env.now
                 detail = start >= self.warmup and self.steps_detailed < self.detail_steps
                 self.steps_detailed += detail

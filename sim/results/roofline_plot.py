@@ -18,7 +18,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..roofline import Rates, Roofline, cost_per_million, step_terms, tokens_per_s  # noqa: E402
-from ..spec.layout import kv_capacity_tokens  # noqa: E402
 from ..spec.scenario import Scenario  # noqa: E402
 from .plotting import plain_log_ticks  # noqa: E402
 
@@ -30,7 +29,7 @@ def fitting_tokens(scenario: Scenario) -> float:
     GPU: the largest batch at context L is this / L, the largest context at batch B this / B
     (0 when the weights alone do not fit, inf when the model keeps no KV)."""
     lay = scenario.layout
-    free = kv_capacity_tokens(scenario.model, lay, scenario.hardware.gpu.hbm_bytes)
+    free = scenario.kv_capacity_tokens()
     return max(free, 0.0) / lay.n_microbatches
 
 

@@ -74,7 +74,7 @@ def weight_bytes_per_gpu(model: Model, layout: Layout) -> float:
     """Weights of the largest stage on one GPU: spread evenly over its EP x TP GPUs
     (domain.md s4), except a replicated dense part, which only TP splits."""
     f = max_stage_fraction(model.layers, layout.pipeline_parallel)
-    routed = model.routed_expert_params * model.bytes_per_param
+    routed = model.routed_weight_bytes
     dense = model.weight_bytes - routed
     return f * (routed / layout.stage_gpus + dense / dense_share(layout))
 
@@ -92,10 +92,12 @@ def memory_per_gpu(model: Model, layout: Layout, batch: float, context: float) -
     return weight_bytes_per_gpu(model, layout) + kv_bytes_per_gpu(model, layout, batch, context)
 
 
-def kv_capacity_tokens(model: Model, layout: Layout, hbm_bytes: float) -> float:
-    """Context tokens one replica can hold in KV: HBM left after the largest stage's weights,
-    per GPU, over the KV bytes a token puts on each of that stage's GPUs."""
-    free = hbm_bytes - weight_bytes_per_gpu(model, layout)
+def kv_capacity_tokens(model: Model, layout: Layout, hbm_bytes: float,
+                       memory_fraction: float = 1.0) -> float:
+    """Context tokens one replica can hold in KV: `memory_fraction` of the HBM left after the
+    largest stage's weights, per GPU, over the KV bytes a token puts on each of that stage's
+    GPUs."""
+    free = (hbm_bytes - weight_bytes_per_gpu(model, layout)) * memory_fraction
     per_token = model.kv_bytes_per_token * max_stage_fraction(model.layers,
                                                               layout.pipeline_parallel) \
         / layout.stage_gpus

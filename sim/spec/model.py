@@ -150,6 +150,13 @@ class ModelFile(Spec):
         None, description="explicit bytes per parameter (overrides weight_precision)")
     compute_precision: Precision | None = Field(
         None, description="matmul precision; default: the weight precision")
+    attention_precision: Precision | None = Field(
+        None, description="weights of the attention projections; default: weight_precision")
+    moe_precision: Precision | None = Field(
+        None, description="weights of the routed experts; default: weight_precision")
+    dense_precision: Precision | None = Field(
+        None, description="weights of the dense MLPs, shared experts, routers, embedding and "
+                          "output head; default: weight_precision")
     kv_precision: Precision = "bf16"
     architecture: Architecture | None = None
     # totals form (scenario-format.md "Inline model")
@@ -226,18 +233,42 @@ class Model:
     published: Published | None = None
     sources: dict[str, str] = field(default_factory=dict)
     architecture: Architecture | None = None   # the shapes, when the file gives them
+    # per component (COMPONENTS): bytes per parameter and matmul precision
+    component_bytes: dict[str, float] = field(default_factory=dict)
+    component_precision: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_moe(self) -> bool:
         return self.moe is not None
 
+    def bytes_of(self, component: str) -> float:
+        """Bytes per parameter of a component ("attention", "moe", "dense")."""
+        return self.component_bytes.get(component, self.bytes_per_param)
+
+    def precision_of(self, component: str) -> str:
+        """Matmul precision of a component's GEMMs."""
+        return self.component_precision.get(component, self.compute_precision)
+
+    @property
+    def routed_weight_bytes(self) -> float:
+        return self.routed_expert_params * self.bytes_of("moe")
+
     @property
     def weight_bytes(self) -> float:
-        return self.total_params * self.bytes_per_param
+        """All weights, each part at its component's precision."""
+        if not self.parts:   # totals form: routed experts, and the rest as dense
+            return self.routed_weight_bytes + (self.total_params - self.routed_expert_params
+                                               ) * self.bytes_of("dense")
+        return sum(p.total * self.bytes_of(PART_COMPONENT.get(p.name, "dense"))
+                   for p in self.parts)
 
     @property
     def sparsity(self) -> float:
         return self.total_params / self.active_params
+
+
+COMPONENTS = ("attention", "moe", "dense")
+PART_COMPONENT = {"attention": "attention", "routed experts": "moe"}   # the rest: dense
 
 
 def resolve(spec: ModelFile) -> Model:
@@ -248,9 +279,15 @@ def resolve(spec: ModelFile) -> Model:
         raise ValueError(f"bytes_per_param {bpp} is not a standard precision; "
                          "set compute_precision (e.g. fp8)")
     kv_b = BYTES_PER_ELEMENT[spec.kv_precision]
+    cbytes, cprec = {}, {}
+    for c in COMPONENTS:
+        p = getattr(spec, f"{c}_precision")
+        if p is not None:   # matmuls at the component's precision unless one is forced
+            cbytes[c], cprec[c] = BYTES_PER_ELEMENT[p], spec.compute_precision or p
     common = dict(name=spec.name, bytes_per_param=bpp, compute_precision=compute,
                   kv_bytes_per_element=kv_b, published=spec.published,
-                  sources=dict(spec.sources))
+                  sources=dict(spec.sources), component_bytes=cbytes,
+                  component_precision=cprec)
     if spec.architecture is None:
         moe = None
         routed = 0.0

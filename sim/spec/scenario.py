@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from .base import NonNegativeInt, PositiveInt, PositiveNumber, Spec
+from .base import Fraction, NonNegativeInt, PositiveInt, PositiveNumber, Spec
 from .engine_options import EngineOptions, HotRouting, MoEOptions
 from .errors import SpecError
 from .faults import Fault, check_faults
@@ -24,6 +24,15 @@ from .units import format_quantity
 from .validation import check_key_path, validate
 from .workload import Batching, FromTrace, Workload, mean_context
 from .yamlio import read_yaml
+
+class KVCache(Spec):
+    """How much memory the serving engine gives its KV cache."""
+
+    memory_fraction: Fraction = Field(
+        1.0, description="share of the HBM left after the weights that holds KV (TensorRT-LLM's "
+                         "kv_cache_free_gpu_mem_fraction, typically 0.9; the rest is "
+                         "activations, workspace and fragmentation); default 1")
+
 
 class ScenarioFile(Spec):
     """Top level of a scenario file."""
@@ -41,6 +50,7 @@ class ScenarioFile(Spec):
     batching: Batching
     price_per_gpu_hour: PositiveNumber | None = Field(
         None, description="$ per GPU-hour; enables $ per million tokens")
+    kv_cache: KVCache = KVCache()
     slo: SLO | None = Field(
         None, description="latency targets (ttft_p99, tpot_p99, e2e_p99, ... as times): the "
                           "summary says whether the run meets them and reports goodput; "
@@ -86,6 +96,11 @@ class Scenario:
     @property
     def cluster_gpus(self) -> int:
         return self.racks * self.hardware.gpus_per_rack
+
+    def kv_capacity_tokens(self) -> float:
+        """Context tokens one replica's KV cache holds (kv_cache.memory_fraction applied)."""
+        return kv_capacity_tokens(self.model, self.layout, self.hardware.gpu.hbm_bytes,
+                                  self.spec.kv_cache.memory_fraction)
 
     def mean_context(self) -> float:
         if any(isinstance(d, FromTrace)
@@ -215,7 +230,7 @@ def check_feasible(s: Scenario) -> None:
                 "tensor_parallel or pipeline_parallel), or use lower-precision weights "
                 "(model: {preset: NAME, weight_precision: fp4})")
     smallest = _smallest_request(s.workload)
-    capacity = kv_capacity_tokens(m, lay, have)
+    capacity = s.kv_capacity_tokens()
     if smallest is not None and smallest > capacity:
         raise SpecError(
             f"no request can ever be admitted: the smallest has {smallest:,} tokens (prompt + "

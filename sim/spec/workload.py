@@ -144,6 +144,11 @@ class Continuous(Spec):
         DEFAULT_CHUNK_TOKENS,
         description="prompt tokens a step may carry (a per-step prefill budget, decode tokens "
                     f"not counted); default {DEFAULT_CHUNK_TOKENS}")
+    max_num_tokens: PositiveInt | None = Field(
+        None, description="tokens a step may carry, decode and prompt together (TensorRT-LLM's "
+                          "max_num_tokens, vLLM's max_num_batched_tokens): prompt tokens "
+                          "get what decoding sequences leave, up to chunk_tokens; default: "
+                          "no such cap")
 
 
 Batching = Annotated[FixedInterval | Continuous, Field(discriminator="policy")]
