@@ -27,6 +27,7 @@ import yaml
 from . import estimate as est
 from .api import apply_overrides, scenario_dict
 from .capacity import at_rate, search
+from .engine.costs import layer_costs
 from .results.pareto_plot import plot_pareto
 from .spec.errors import SpecError
 from .spec.presets import load_hardware, load_model
@@ -93,8 +94,11 @@ def candidates(data: dict, hardware: str, budget_gpus: int | None, file: str,
             continue  # infeasible on this design
         context = s.mean_context() if context is None else context
         comm = est.communication(s)
+        costs = layer_costs(s.model, s.hardware, s.layout, s.spec.moe,
+                            s.spec.engine.activation_precision, s.spec.engine.attention_flops,
+                            s.spec.engine.op_timing)
         for b in batches:
-            e = est.estimate(s, b, context, comm)
+            e = est.estimate(s, b, context, comm, costs=costs)
             if not e.fits:
                 break
             out.append(Candidate(hardware, racks, ep, tp, pp, dp, m, b, e.token_cycle_s,

@@ -1,22 +1,25 @@
-"""Closed-form serving estimate: the roofline step, plus the step's uncontended communication
-on the layout's real placement, plus the prefill work each output token brings in steady
-state. It is what `racksim roofline` reports beside the pure roofline, where `racksim compare`
-ranks layouts, and where `racksim capacity` starts its search.
+"""Closed-form serving estimate: one step's op time by the engine's own op-timing rule (the
+same LayerCosts, so `engine.op_timing` applies: per-kernel rooflines or the pooled
+roofline), plus the step's uncontended communication on the layout's real placement, plus
+the prefill work each output token brings in steady state. It is what `racksim roofline`
+reports beside the pure roofline, where `racksim compare` ranks layouts, and where `racksim
+capacity` starts its search.
 
 Per step of a microbatch of `b` sequences through all stages:
 
-    roofline   = max(compute, weights + kv)                     (sim/roofline.py)
     prefill    = each output token carries p = prompt / output prompt tokens (the mean
-                 lengths, less the prefix-cache share; none under disaggregated prefill),
-                 so compute scales by (1 + p)
+                 lengths, less the prefix-cache share; none under disaggregated prefill)
+    ops        = L x (dense part of a layer on the busiest GPU) + MoE layers x (experts on
+                 the busiest EP rank), for b (1 + p) tokens spread evenly over the EP ranks,
+                 b sequences reading `context` tokens of KV each, prompt tokens attending to
+                 half their prompt on average, routing spread evenly over the experts
     comm       = fixed + b (1 + p) per_token   (dispatch and combine per MoE layer, two TP
                  all-reduces per layer, stage-boundary sends; each alone on its links:
                  latency + max over links of bytes / capacity)
-    step       = max(compute (1 + p), weights + kv) + comm
+    step       = ops + comm
 
 It is still a bound: no queueing, no contention between replicas or microbatches, no router
-skew, no slowest-GPU effect, prefill attention's quadratic term left out. Simulation finds
-what those cost.
+skew, no slowest-GPU effect. Simulation finds what those cost.
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ class Estimate:
     batch: float                  # sequences per microbatch
     context_tokens: float
     roofline_step_s: float        # max(compute, weights + kv), decode only
-    prefill_compute_s: float      # compute the step's prefill tokens add
+    prefill_compute_s: float      # op time the step's prefill tokens add
     communication_s: float        # uncontended collectives of the step
     step_time_s: float            # the estimate of one step through all stages
     token_cycle_s: float          # time between two tokens of one sequence
@@ -106,24 +109,49 @@ class Estimate:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+def op_time(s: Scenario, costs, batch: float, context: float, p: float) -> float:
+    """One step's op time through all stages by the engine's rule (`costs`: LayerCosts)."""
+    tokens = batch * (1.0 + p)
+    ep = costs.ep
+    prompt = s.workload.prompt_tokens.mean * (1.0 - s.workload.prefix_cache_hit)
+    per_rank = np.full(costs.G, 1.0 / ep)
+    dense, _ = costs.dense_phase(tokens * per_rank, batch * context * per_rank,
+                                 (batch * context + batch * p * prompt / 2.0) * per_rank)
+    t = float(dense.max()) * s.model.layers
+    if s.model.moe is not None:
+        experts = costs.experts
+        expert, _ = costs.expert_phase(np.full(experts, tokens * costs.top_k / experts))
+        t += float(expert.max()) * s.model.moe.moe_layers
+    return t
+
+
 def estimate(s: Scenario, batch: float, context: float | None = None,
-             comm: Communication | None = None, prefill: bool = True) -> Estimate:
+             comm: Communication | None = None, prefill: bool = True, costs=None
+             ) -> Estimate:
     """The step with communication (and, with `prefill`, steady-state prefill) at `batch`."""
+    from .engine.costs import layer_costs  # noqa: PLC0415
+
     context = s.mean_context() if context is None else context
     comm = communication(s) if comm is None else comm
+    if costs is None:
+        costs = layer_costs(s.model, s.hardware, s.layout, s.spec.moe,
+                            s.spec.engine.activation_precision, s.spec.engine.attention_flops,
+                            s.spec.engine.op_timing)
     p = prefill_per_output_token(s) if prefill else 0.0
     rates = rf.Rates.of(s.model, s.hardware, s.layout)
-    compute, weight, kv, roof = (float(x) for x in rf.step_terms(s.model, rates, batch,
-                                                                     context))
+    roof = float(rf.step_terms(s.model, rates, batch, context)[3])
+    ops = op_time(s, costs, batch, context, p)
+    decode_ops = op_time(s, costs, batch, context, 0.0) if p else ops
     tokens = batch * (1.0 + p)
-    step = max(compute * (1.0 + p), weight + kv) + float(comm.time(tokens))
+    step = ops + float(comm.time(tokens))
     interval = rf.interval_of(s.batching)
     cycle = float(rf.token_cycle(s.model, s.layout, step, interval))
     tps = float(rf.tokens_per_s(s.model, s.layout, batch, step, interval))
     fits = memory_per_gpu(s.model, s.layout, batch, context) <= s.hardware.gpu.hbm_bytes
     return Estimate(batch=float(batch), context_tokens=float(context), roofline_step_s=roof,
-                    prefill_compute_s=compute * p, communication_s=float(comm.time(tokens)),
-                    step_time_s=step, token_cycle_s=cycle, output_tokens_per_s=tps,
+                    prefill_compute_s=ops - decode_ops,
+                    communication_s=float(comm.time(tokens)), step_time_s=step,
+                    token_cycle_s=cycle, output_tokens_per_s=tps,
                     requests_per_s=tps / s.workload.output_tokens.mean, fits=bool(fits))
 
 

@@ -123,8 +123,11 @@ def test_one_gpu_has_no_communication_and_prefill_adds_compute():
     decode = estimate(s, 64, prefill=False)
     mixed = estimate(s, 64)
     assert decode.step_time_s == pytest.approx(decode.roofline_step_s)
-    # 512-token prompts, 32-token answers: 16 prompt tokens per output token
-    assert mixed.prefill_compute_s == pytest.approx(16 * 2 * 64 * 13e9 / (
-        1e15 * s.hardware.efficiency.compute))
+    # 512-token prompts, 32-token answers: 16 prompt tokens per output token; the pooled
+    # rule: max(compute, weights + KV) with compute x 17 against x 1
+    compute = 2 * 64 * 13e9 / (1e15 * s.hardware.efficiency.compute)
+    memory = (13e9 * 2 + 64 * (512 + 16) * 819200) / (3.35e12 * s.hardware.efficiency.memory)
+    assert mixed.prefill_compute_s == pytest.approx(max(17 * compute, memory)
+                                                    - max(compute, memory))
     assert mixed.step_time_s >= decode.step_time_s
     assert mixed.requests_per_s == pytest.approx(mixed.output_tokens_per_s / 32)
