@@ -207,3 +207,22 @@ def test_kv_memory_fraction_scales_the_cache():
     free = full.hardware.gpu.hbm_bytes - weight_bytes_per_gpu(full.model, full.layout)
     assert part.kv_capacity_tokens() == pytest.approx(full.kv_capacity_tokens() / 2, abs=1)
     assert full.kv_capacity_tokens() > 0 and free > 0
+
+
+def test_attention_dp_puts_whole_sequences_on_their_rank():
+    """With ranks, each sequence's tokens, KV reads and pairs go to rank id % ranks, and the
+    per-rank figures add up to the step's totals."""
+    from sim.engine.serving import Slot
+
+    slot = Slot()
+    slot.admit(np.arange(5), np.array([0, 0, 0, 0, 100]), np.array([10] * 5), False,
+               np.zeros(5, dtype=np.int64))
+    slot.ctx[:] = [10, 20, 30, 40, 0]
+    plan = slot.plan("chunked", 64, ranks=2)
+    tokens, kv, pairs = plan.rank_work
+    assert list(tokens) == [1 + 1 + 64, 1 + 1]      # ids 0, 2 decode and 4 prefills 64
+    assert list(kv) == [10 + 30 + 64, 20 + 40]
+    assert pairs[0] == pytest.approx(10 + 30 + 64 * (0 + 65 / 2)) and pairs[1] == 60
+    assert tokens.sum() == plan.tokens and kv.sum() == pytest.approx(plan.kv_tokens)
+    assert pairs.sum() == pytest.approx(plan.attn_pairs)
+    assert slot.plan("chunked", 64).rank_work is None

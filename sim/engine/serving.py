@@ -71,6 +71,8 @@ class StepPlan:
     kv_tokens: float          # context tokens whose KV is read
     attn_pairs: float         # query x context token pairs (attention FLOPs)
     sequences: int = 0        # sequences with work this step (decoding or prefilling)
+    # per attention-data-parallel rank (`ranks` given to Slot.plan): tokens, KV read, pairs
+    rank_work: tuple | None = None
 
 
 class Slot:
@@ -99,17 +101,28 @@ class Slot:
         self.rem = np.concatenate([self.rem, output])
         self.pre = np.concatenate([self.pre, prompt - cached])
 
-    def plan(self, prefill: str, chunk_tokens: int, step_tokens: int | None = None
-             ) -> StepPlan:
+    def plan(self, prefill: str, chunk_tokens: int, step_tokens: int | None = None,
+             ranks: int = 1) -> StepPlan:
         """The next step: decoding sequences, plus prompt tokens up to `chunk_tokens`, and
         with a per-step token budget (`step_tokens`, TensorRT-LLM's max_num_tokens) no more
-        than what the decoding sequences leave of it."""
+        than what the decoding sequences leave of it. With `ranks` > 1 (attention data
+        parallelism) each sequence lives whole on rank `id % ranks`, and the plan carries
+        each rank's tokens, KV read and attention pairs (their imbalance is real)."""
         budget = chunk_tokens
         if step_tokens is not None:
             budget = min(budget, max(step_tokens - int(np.count_nonzero(self.pre == 0)), 0))
         decode, take, n_dec, n_pre, kv, pairs, n_seq = _plan(self.pre, self.ctx, budget,
                                                              prefill == "separate")
-        return StepPlan(decode, take, n_dec + n_pre, n_pre, kv, pairs, n_seq)
+        work = None
+        if ranks > 1:
+            rank = self.ids % ranks
+            ctx = self.ctx.astype(float)
+            tokens = decode + take
+            seq_kv = np.where(decode, ctx, 0.0) + np.where(take > 0, ctx + take, 0.0)
+            seq_pairs = np.where(decode, ctx, 0.0) + take * (ctx + (take + 1) / 2.0)
+            work = tuple(np.bincount(rank, weights=w, minlength=ranks)
+                         for w in (tokens.astype(float), seq_kv, seq_pairs))
+        return StepPlan(decode, take, n_dec + n_pre, n_pre, kv, pairs, n_seq, work)
 
     def advance(self, plan: StepPlan) -> tuple[np.ndarray, np.ndarray, int]:
         """Apply a finished step. Returns (ids with a first token now, ids finished now,

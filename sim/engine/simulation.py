@@ -319,6 +319,11 @@ class Simulation:
         self.prefill = getattr(self.batching, "prefill", "chunked")
         self.chunk = getattr(self.batching, "chunk_tokens", DEFAULT_CHUNK_TOKENS)
         self.step_tokens = getattr(self.batching, "max_num_tokens", None)
+        # attention data parallelism (dense part replicated per EP rank): sequences whole on
+        # one rank each, under the per-kernel op timing (the pooled rule keeps the even
+        # spread of the closed form)
+        self.dp_ranks = lay.expert_parallel if (
+            lay.dense == "replicated" and s.spec.engine.op_timing == "analytical") else 1
         # faults (docs/faults.md): live replicas, per-GPU op slowdown (None: none active)
         self.alive = [True] * self.R
         self.n_alive = self.R
@@ -604,7 +609,7 @@ class Simulation:
                 if not len(slot):
                     yield self._wait_for_work(r)
                     continue
-                plan = slot.plan(self.prefill, self.chunk, self.step_tokens)
+                plan = slot.plan(self.prefill, self.chunk, self.step_tokens, self.dp_ranks)
                 start = env.now
                 detail = start >= self.warmup and self.steps_detailed < self.detail_steps
                 self.steps_detailed += detail
@@ -730,14 +735,22 @@ class Simulation:
         w = shared.get("work")
         if w is None:
             c = self.costs
-            group_tokens = np.repeat(split_tokens(plan.tokens, c.ep), c.tp).astype(float)
-            share = group_tokens / max(plan.tokens, 1)
-            # each EP rank's attention group (its TP GPUs) holds an even share of sequences
-            dense = c.dense_phase(group_tokens, share * plan.kv_tokens, share * plan.attn_pairs)
+            if plan.rank_work is not None:   # attention DP: whole sequences on each rank
+                rank_tokens, rank_kv, rank_pairs = plan.rank_work
+                group_tokens = np.repeat(rank_tokens, c.tp)
+                dense = c.dense_phase(group_tokens, np.repeat(rank_kv, c.tp),
+                                      np.repeat(rank_pairs, c.tp))
+                gpu_tokens = np.concatenate([split_tokens(int(x), c.tp) for x in rank_tokens])
+            else:
+                group_tokens = np.repeat(split_tokens(plan.tokens, c.ep), c.tp).astype(float)
+                share = group_tokens / max(plan.tokens, 1)
+                # each EP rank's attention group (its TP GPUs) holds an even share of sequences
+                dense = c.dense_phase(group_tokens, share * plan.kv_tokens,
+                                      share * plan.attn_pairs)
+                gpu_tokens = split_tokens(plan.tokens, c.G)
             routing = expert = None
             if self.n_moe_layers:
-                routing = draw_routing(c, split_tokens(plan.tokens, c.G), self.routing_table,
-                                       self.rng_routing)
+                routing = draw_routing(c, gpu_tokens, self.routing_table, self.rng_routing)
                 expert = c.expert_phase(routing.expert_tokens())
             w = shared["work"] = (group_tokens, dense, routing, expert)
         return w
