@@ -18,7 +18,7 @@ H100 = load_hardware("hgx-h100")
 
 def fitted(gemm: KernelClass) -> object:
     eff = H100.efficiency.model_copy(update={"kernels": KernelTiming(
-        gemm=gemm, grouped_gemm=gemm, attention=gemm, elementwise=gemm)})
+        gemm=gemm, grouped_gemm=gemm, attention=gemm, elementwise=gemm, mla_attention=gemm)})
     return H100.model_copy(update={"efficiency": eff})
 
 
@@ -27,7 +27,7 @@ def one(k: kn.Kernel, hw, rows, kv=0.0, pairs=0.0):
     return kn.kernel_time(float(rows), float(kv), float(pairs), t.cls[0], t.flops_per_row[0],
                           t.weight_bytes[0], t.io_bytes_per_row[0], t.kv_bytes[0],
                           t.flops_per_pair[0], t.flops_rate[0], t.bytes_rate[0], t.fixed[0],
-                          t.tile[0])
+                          t.per_row[0], t.tile[0])
 
 
 CLASS = KernelClass(compute={"bf16": 0.75, "fp8": 0.65}, memory=0.8, fixed=5e-6, tile_m=64)
@@ -107,7 +107,7 @@ def test_grouped_experts_pad_each_expert_and_read_only_used_weights():
     tokens = np.array([3.0, 0.0, 20.0, 0.0])   # two ranks of two experts
     t, share = kn.grouped_time(tokens, 2, 2, tab.cls, tab.flops_per_row, tab.weight_bytes,
                                tab.io_bytes_per_row, tab.per_layer, tab.flops_rate,
-                               tab.bytes_rate, tab.fixed, tab.tile)
+                               tab.bytes_rate, tab.fixed, tab.per_row, tab.tile)
     peak, bw = H100.gpu.flops_at("bf16")[1], H100.gpu.hbm_bandwidth
     for r, rows, padded in ((0, 3, 16), (1, 20, 32)):
         tc = padded * 2 * 1024 * 1024 / peak
@@ -132,3 +132,11 @@ def test_components_at_their_own_precision():
     assert dense["q_b"].precision == "fp8" and dense["shared_down"].precision == "bf16"
     ex = kn.expert_kernels(m, m.architecture, 1)
     assert {k.precision for k in ex if k.cls == kn.GROUPED} == {"fp4"}
+
+
+def test_attention_pays_per_sequence_on_top_of_its_roofline():
+    hw = fitted(KernelClass(compute=1.0, memory=1.0, fixed=4e-6, per_row=0.3e-6))
+    k = kn.Kernel("a", kn.ATTENTION, "bf16", kv_bytes=1024.0, flops_per_pair=1.0)
+    t, cb = one(k, hw, 100, kv=1e6, pairs=1e6)
+    assert not cb
+    assert t == pytest.approx(4e-6 + 100 * 0.3e-6 + 1e6 * 1024 / H100.gpu.hbm_bandwidth)

@@ -28,6 +28,10 @@ names none holding the table, the newest version that does; "newest" is the newe
 folder holding the table (a newer folder may hold only some shapes: trtllm 1.3.0rc23 `moe`
 holds only the shapes added for new models); "all" concatenates every version; any other
 string is that version. `framework=None` takes every framework present.
+
+`roofline` adds each row's roofline time and efficiency against a system's peaks
+(`system_peaks`); `efficiency_evidence` and `latency_floors` compute the evidence tables of
+docs/kernel-data.md, printed by `python -m sim.calibration.aic_data [ROOT]`.
 """
 
 from __future__ import annotations
@@ -558,7 +562,7 @@ def efficiency_evidence(root=None, systems=None, framework: str = "trtllm") -> p
 
     gemm_compute: m = n = k = 8192, each dtype.  gemm_decode: m = 1 and 16 at n = k = 8192,
     16384 and the largest n k measured.  attn_decode / attn_context: 32 query heads, 8 KV
-    heads, head_dim 128, no window.  mla_decode / mla_context: 128 heads on the GPU.
+    heads, head_dim 128, no window, the main backend (the kernel_source with most rows).  mla_decode / mla_context: 128 heads on the GPU.
     moe: DeepSeek-V3 experts (hidden 7168, inter 2048, 256 experts, top 8), tp 1, ep 8,
     balanced routing.  allreduce: all_reduce on the most GPUs measured (NCCL BF16/FP16 and
     the framework's custom kernel)."""
@@ -583,7 +587,7 @@ def efficiency_evidence(root=None, systems=None, framework: str = "trtllm") -> p
                                          r, peaks))
         a = roofline(attention_table(root, s, framework), peaks)
         a = a[(a["heads"] == 32) & (a["kv_heads"] == 8) & (a["head_dim"] == 128)
-              & (a["window"] == 0) & (a["kernel_source"] == a["kernel_source"].min())]
+              & (a["window"] == 0) & (a["kernel_source"] == a["kernel_source"].mode()[0])]
         for kvd in ("bfloat16", "fp8"):
             for b, kv in ((1, 16384), (8, 4096), (8, 32768), (64, 8192), (256, 1024),
                           (1024, 128)):
@@ -666,32 +670,30 @@ def _markdown(df: pd.DataFrame) -> str:
     cols = [str(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in df.itertuples(index=False):
-        cells = [f"{v:.3g}" if isinstance(v, float) else ("" if v is None else str(v))
-                 for v in row]
+        cells = [("" if math.isnan(v) else f"{v:.3g}") if isinstance(v, float)
+                 else ("" if v is None else str(v)) for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m sim.calibration.aic_data [ROOT]`: the evidence and floor tables of
-    docs/kernel-data.md as markdown (efficiency per regime and system; floors in us)."""
+    docs/kernel-data.md as markdown (cells: efficiency, then the measured latency in us)."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv
     root = package_root(args[0] if args else None)
     ev = efficiency_evidence(root)
+    ev["cell"] = [f"{e:.3f} {b[0]} ({t:.0f})" if t >= 100 else f"{e:.3f} {b[0]} ({t:.3g})"
+                  for e, b, t in zip(ev["efficiency"], ev["bound"], ev["latency_us"])]
     order = [s for s in SYSTEMS if s in set(ev["system"])]
     for regime, x in ev.groupby("regime", sort=False):
-        eff = x.pivot_table(index=["dtype", "shape"], columns="system", values="efficiency",
-                            sort=False)
-        print(f"\n### {regime}: efficiency (roofline time / measured)\n")
-        print(_markdown(eff.reindex(columns=[c for c in order if c in eff.columns])
-                        .reset_index()))
-        lat = x.pivot_table(index=["dtype", "shape"], columns="system", values="latency_us",
-                            sort=False)
-        print(f"\n{regime}: latency (us)\n")
-        print(_markdown(lat.reindex(columns=[c for c in order if c in lat.columns])
-                        .reset_index()))
+        piv = x.pivot_table(index=["dtype", "shape"], columns="system", values="cell",
+                            aggfunc="first", sort=False)
+        print(f"\n### {regime}: efficiency, bound (c compute, m memory, l link), "
+              "latency in us\n")
+        print(_markdown(piv.reindex(columns=[c for c in order if c in piv.columns])
+                        .reset_index().fillna("")))
     fl = latency_floors(root)
     piv = fl.pivot_table(index=["family", "kind"], columns="system", values="latency_us",
                          sort=False)

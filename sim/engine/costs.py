@@ -101,7 +101,7 @@ class LayerCosts:
                 rows, kv, pairs = (np.full(n, x.sum() / self.tp) for x in (rows, kv, pairs))
             return layer_time(rows, kv, pairs, k.cls, k.flops_per_row, k.weight_bytes,
                               k.io_bytes_per_row, k.per_layer, k.kv_bytes, k.flops_per_pair,
-                              k.flops_rate, k.bytes_rate, k.fixed, k.tile)
+                              k.flops_rate, k.bytes_rate, k.fixed, k.per_row, k.tile)
         t, cb = _dense_phase(np.asarray(tokens, dtype=float),
                              np.asarray(kv_tokens, dtype=float),
                              np.asarray(attn_pairs, dtype=float), self.dense_flops_per_token,
@@ -118,7 +118,7 @@ class LayerCosts:
             t, cb = grouped_time(np.asarray(expert_tokens, dtype=float), self.ep,
                                  self.experts_per_rank, k.cls, k.flops_per_row,
                                  k.weight_bytes, k.io_bytes_per_row, k.per_layer,
-                                 k.flops_rate, k.bytes_rate, k.fixed, k.tile)
+                                 k.flops_rate, k.bytes_rate, k.fixed, k.per_row, k.tile)
         else:
             t, cb = _expert_phase(np.asarray(expert_tokens, dtype=float), self.ep,
                                   self.experts_per_rank, self.expert_params, self.tp,

@@ -5,11 +5,11 @@ A kernel reads its weights once per call and its activations once per token row,
 its FLOPs on rows padded up to the kernel class's tile (`tile_m`): small-M GEMMs in decode
 pay for a whole tile of rows. Its time is
 
-    fixed + max(FLOPs / (peak at its precision x compute efficiency),
-                bytes / (HBM bandwidth x memory efficiency))
+    fixed + per_row x rows + max(FLOPs / (peak at its precision x compute efficiency),
+                                 bytes / (HBM bandwidth x memory efficiency))
 
-with the efficiencies and the fixed cost of its class (GEMM, grouped expert GEMM,
-attention, elementwise) from the hardware file's `efficiency.kernels` (fitted per GPU
+with the efficiencies and the fixed costs of its class (GEMM, grouped expert GEMM,
+attention, elementwise, MLA attention) from the hardware file's `efficiency.kernels` (fitted per GPU
 generation on measured kernel latencies), or, without it, the scalar efficiencies with no
 fixed cost and no tiles (each kernel at the old pooled efficiencies). A kernel given no rows
 is not launched.
@@ -34,8 +34,8 @@ from ..spec.hardware import Hardware, KernelClass
 from ..spec.model import GQA, MLA, Architecture, Model
 from ..spec.precision import BYTES_PER_ELEMENT
 
-GEMM, GROUPED, ATTENTION, ELEMENTWISE = range(4)
-CLASS_NAMES = ("gemm", "grouped_gemm", "attention", "elementwise")
+GEMM, GROUPED, ATTENTION, ELEMENTWISE, MLA_ATTENTION = range(5)
+CLASS_NAMES = ("gemm", "grouped_gemm", "attention", "elementwise", "mla_attention")
 ACT_BYTES = BYTES_PER_ELEMENT["bf16"]   # activations between kernels
 
 
@@ -101,7 +101,7 @@ def dense_kernels(model: Model, arch: Architecture | None, t: int) -> list[Kerne
                      a.kv_lora_rank, abpp, aprec)]
         o_k = a.heads * a.v_head_dim / t
     kv_elems = a.kv_elements_per_token_per_layer()
-    ks.append(Kernel("attention", ATTENTION, aprec,
+    ks.append(Kernel("attention", MLA_ATTENTION if isinstance(a, MLA) else ATTENTION, aprec,
                      kv_bytes=kv_elems * model.kv_bytes_per_element / t,
                      flops_per_pair=a.attention_flops_per_context_token() / t,
                      io_bytes_per_row=2.0 * o_k * ACT_BYTES))
@@ -156,31 +156,35 @@ class KernelTable:
     flops_rate: np.ndarray      # peak at the kernel's precision x its class's efficiency
     bytes_rate: np.ndarray
     fixed: np.ndarray
+    per_row: np.ndarray
     tile: np.ndarray
 
 
 def kernel_classes(hardware: Hardware) -> tuple[KernelClass, ...]:
-    """The four classes' parameters: fitted (`efficiency.kernels`), or the scalar
-    efficiencies with no fixed cost and no tiles."""
+    """The classes' parameters (CLASS_NAMES order): fitted (`efficiency.kernels`), or the
+    scalar efficiencies with no fixed cost and no tiles."""
     e = hardware.efficiency
     if e.kernels is not None:
         k = e.kernels
-        return (k.gemm, k.grouped_gemm, k.attention, k.elementwise)
+        return (k.gemm, k.grouped_gemm, k.attention, k.elementwise,
+                k.mla_attention or k.attention)
     gemm = KernelClass(compute=e.compute, memory=e.memory)
-    return (gemm, gemm, KernelClass(compute=e.attention_compute, memory=e.memory), gemm)
+    attention = KernelClass(compute=e.attention_compute, memory=e.memory)
+    return (gemm, gemm, attention, gemm, attention)
 
 
 def table(kernels: list[Kernel], hardware: Hardware, attention_precision: str) -> KernelTable:
     classes = kernel_classes(hardware)
     gpu = hardware.gpu
-    rate, brate, fixed, tile = [], [], [], []
+    rate, brate, fixed, per_row, tile = [], [], [], [], []
     for k in kernels:
         c = classes[k.cls]
-        prec = attention_precision if k.cls == ATTENTION else k.precision
+        prec = attention_precision if k.cls in (ATTENTION, MLA_ATTENTION) else k.precision
         used, peak = gpu.flops_at(prec)
         rate.append(peak * c.compute_at(used or prec))
         brate.append(gpu.hbm_bandwidth * c.memory)
         fixed.append(c.fixed)
+        per_row.append(c.per_row)
         tile.append(c.tile_m)
 
     def col(attr):
@@ -190,32 +194,32 @@ def table(kernels: list[Kernel], hardware: Hardware, attention_precision: str) -
                        col("flops_per_row"), col("weight_bytes"), col("io_bytes_per_row"),
                        col("per_layer"), col("kv_bytes"), col("flops_per_pair"),
                        np.array(rate), np.array(brate), np.array(fixed),
-                       np.array(tile, dtype=float))
+                       np.array(per_row), np.array(tile, dtype=float))
 
 
 @numba.njit(cache=True, nogil=True)
 def kernel_time(rows, kv_tokens, pairs, cls, flops_per_row, weight_bytes, io_bytes_per_row,
-                kv_bytes, flops_per_pair, flops_rate, bytes_rate, fixed, tile
+                kv_bytes, flops_per_pair, flops_rate, bytes_rate, fixed, per_row, tile
                 ):   # pragma: no cover (compiled)
     """(time, compute-bound) of one kernel call given its rows, context tokens read and
     (query, context) pairs: the one rule for op time."""
     if rows <= 0.0:
         return 0.0, False
     padded = np.ceil(rows / tile) * tile
-    if cls == 2:   # attention: FLOPs over pairs, bytes over the KV it reads
+    if cls == 2 or cls == 4:   # attention: FLOPs over pairs, bytes over the KV it reads
         f = pairs * flops_per_pair
         b = kv_tokens * kv_bytes + rows * io_bytes_per_row
     else:
         f = padded * flops_per_row
         b = weight_bytes + rows * io_bytes_per_row
     tc, tm = f / flops_rate, b / bytes_rate
-    return fixed + max(tc, tm), tc > tm
+    return fixed + per_row * rows + max(tc, tm), tc > tm
 
 
 @numba.njit(cache=True, nogil=True)
 def layer_time(rows, kv_tokens, pairs, cls, flops_per_row, weight_bytes, io_bytes_per_row,
-               per_layer, kv_bytes, flops_per_pair, flops_rate, bytes_rate, fixed, tile
-               ):   # pragma: no cover (compiled)
+               per_layer, kv_bytes, flops_per_pair, flops_rate, bytes_rate, fixed, per_row,
+               tile):   # pragma: no cover (compiled)
     """An average layer's kernels on each GPU: (time, compute-bound share) arrays over GPUs
     given each GPU's rows, context tokens and pairs."""
     n = len(rows)
@@ -225,7 +229,7 @@ def layer_time(rows, kv_tokens, pairs, cls, flops_per_row, weight_bytes, io_byte
             dt, cb = kernel_time(rows[i], kv_tokens[i], pairs[i], cls[k], flops_per_row[k],
                                  weight_bytes[k], io_bytes_per_row[k], kv_bytes[k],
                                  flops_per_pair[k], flops_rate[k], bytes_rate[k], fixed[k],
-                                 tile[k])
+                                 per_row[k], tile[k])
             t[i] += per_layer[k] * dt
             comp[i] += per_layer[k] * dt * cb
     share = np.zeros(n)
@@ -237,7 +241,7 @@ def layer_time(rows, kv_tokens, pairs, cls, flops_per_row, weight_bytes, io_byte
 
 @numba.njit(cache=True, nogil=True)
 def grouped_time(expert_tokens, ep, per_rank, cls, flops_per_row, weight_bytes,
-                 io_bytes_per_row, per_layer, flops_rate, bytes_rate, fixed, tile
+                 io_bytes_per_row, per_layer, flops_rate, bytes_rate, fixed, per_row, tile
                  ):   # pragma: no cover (compiled)
     """Each EP rank's routed experts as grouped kernels: one call per kernel per rank, its
     FLOPs summed over the rank's experts (each padded to the tile), weights read for each
@@ -261,7 +265,7 @@ def grouped_time(expert_tokens, ep, per_rank, cls, flops_per_row, weight_bytes,
                 f = padded * flops_per_row[k]
                 b = used * weight_bytes[k] + rows * io_bytes_per_row[k]
             tc, tm = f / flops_rate[k], b / bytes_rate[k]
-            dt = per_layer[k] * (fixed[k] + max(tc, tm))
+            dt = per_layer[k] * (fixed[k] + per_row[k] * rows + max(tc, tm))
             t[r] += dt
             comp += dt * (tc > tm)
         if t[r] > 0.0:

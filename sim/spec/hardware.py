@@ -67,6 +67,9 @@ class KernelClass(Spec):
                          "matmul precision")
     memory: Fraction = Field(1.0, description="achieved / peak HBM bandwidth on large reads")
     fixed: SecondsOrZero = Field(0.0, description="fixed cost per kernel")
+    per_row: SecondsOrZero = Field(
+        0.0, description="cost per row on top (attention: per sequence of a decode step, "
+                         "whatever its context)")
     tile_m: PositiveInt = Field(1, description="M is computed in tiles of this many rows")
 
     def compute_at(self, precision: str | None) -> float:
@@ -89,6 +92,8 @@ class KernelTiming(Spec):
     grouped_gemm: KernelClass = KernelClass()
     attention: KernelClass = KernelClass()
     elementwise: KernelClass = KernelClass()
+    mla_attention: KernelClass | None = Field(
+        None, description="multi-head latent attention kernels; default: `attention`")
 
 
 class Efficiency(Spec):
