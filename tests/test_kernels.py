@@ -140,3 +140,14 @@ def test_attention_pays_per_sequence_on_top_of_its_roofline():
     t, cb = one(k, hw, 100, kv=1e6, pairs=1e6)
     assert not cb
     assert t == pytest.approx(4e-6 + 100 * 0.3e-6 + 1e6 * 1024 / H100.gpu.hbm_bandwidth)
+
+
+def test_a_generation_is_named_in_the_hardware_file():
+    hw = load_hardware({"preset": "hgx-h100", "efficiency": {"kernels": "ideal"}})
+    k = hw.efficiency.kernels
+    assert k.gemm.compute == 1.0 and k.gemm.fixed == 0.0 and k.mla_attention is None
+    assert hw.efficiency.compute == H100.efficiency.compute   # the rest of the preset stays
+    from sim.spec.errors import SpecError
+
+    with pytest.raises(SpecError, match="unknown kernel timing 'hoper'"):
+        load_hardware({"preset": "hgx-h100", "efficiency": {"kernels": "hoper"}})

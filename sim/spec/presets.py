@@ -112,9 +112,35 @@ def _validated(cls, data: dict, ref: Any, src: str | None, file: str | None, key
         raise
 
 
+KERNELS_DIR = "kernels"   # topologies/kernels/<generation>.yaml: fitted kernel timing
+
+
+def kernel_timing_names() -> list[str]:
+    return sorted({p.stem for d in preset_dirs("topologies")
+                   for p in (d / KERNELS_DIR).glob("*.yaml")})
+
+
+def _kernel_timing(name: str, file: str | None, key: str) -> dict:
+    """A GPU generation's fitted kernel timing, named in a hardware file's
+    `efficiency.kernels` (e.g. `kernels: hopper`)."""
+    for d in preset_dirs("topologies"):
+        p = d / KERNELS_DIR / f"{name}.yaml"
+        if p.is_file():
+            return read_yaml(p)
+    names = kernel_timing_names()
+    hint = did_you_mean(name, names)
+    raise SpecError(f"unknown kernel timing {name!r}", file=file, key=f"{key}.efficiency.kernels",
+                    fix=(hint + " " if hint else "") + "Known: " + ", ".join(names)
+                    + "; or give the classes inline (docs/kernel-model.md)")
+
+
 def load_hardware(ref: Any, *, file: str | None = None, key: str = "hardware",
                   base_dir: Path = Path(".")) -> Hardware:
     data, src = _source(ref, "topologies", file, key, base_dir)
+    eff = data.get("efficiency") if isinstance(data, dict) else None
+    if isinstance(eff, dict) and isinstance(eff.get("kernels"), str):
+        data = {**data, "efficiency": {**eff, "kernels": _kernel_timing(
+            eff["kernels"], src or file, key)}}
     return _validated(Hardware, data, ref, src, file, key)
 
 
