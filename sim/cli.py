@@ -62,11 +62,11 @@ def _roofline_table(r: rf.Roofline, title: str) -> Table:
         rows.append(("communication", "not counted (compute and memory only)"))
     else:
         rows += [
+            ("engine's op timing: ops per step", fq(r.op_time_s, "s")),
             ("communication per step (uncontended)", fq(r.communication_time_s, "s")),
-            ("step time with communication", fq(r.step_time_with_communication_s, "s")),
-            ("output tokens/s with communication",
-             f"{r.tokens_per_s_with_communication:,.0f} "
-             f"({r.tokens_per_s_per_gpu_with_communication:,.1f} per GPU)"),
+            ("step time (ops + communication)", fq(r.step_time_estimate_s, "s")),
+            ("output tokens/s (ops + communication)",
+             f"{r.tokens_per_s_estimate:,.0f} ({r.tokens_per_s_per_gpu_estimate:,.1f} per GPU)"),
         ]
     for k, v in rows:
         t.add_row(k, v)
@@ -82,16 +82,17 @@ def roofline(
     plot: Annotated[Optional[Path], typer.Option(help="write the roofline pictures (PNG/SVG)")] = None,
 ):
     """Closed-form roofline of the scenario's layout (domain.md sections 1 and 4), and the
-    same step with its collectives added, each alone on its links (no contention, no
-    queueing: still a bound; `racksim capacity` simulates what the deployment sustains)."""
+    same decode step as the engine times it: its ops by the engine's op timing plus its
+    collectives, each alone on its links (no contention, no queueing: still a bound;
+    `racksim capacity` simulates what the deployment sustains)."""
     if batch is not None and batch <= 0:
         raise typer.BadParameter("must be positive", param_hint="--batch")
     if context is not None and context < 0:
         raise typer.BadParameter("must not be negative", param_hint="--context")
-    from .estimate import with_communication  # noqa: PLC0415
+    from .estimate import engine_view  # noqa: PLC0415
 
     s = load_scenario(scenario)
-    r = with_communication(s, rf.for_scenario(s, batch=batch, context=context))
+    r = engine_view(s, rf.for_scenario(s, batch=batch, context=context))
     if plot is not None:
         from .results.roofline_plot import plot_roofline  # noqa: PLC0415 - matplotlib is slow
         plot_roofline(s, r, plot)

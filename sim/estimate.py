@@ -177,14 +177,14 @@ def capacity(s: Scenario, comm: Communication | None = None) -> Estimate:
     return estimate(s, max(largest_batch(s, context), 1.0), context, comm)
 
 
-def with_communication(s: Scenario, r: rf.Roofline, comm: Communication | None = None
-                       ) -> rf.Roofline:
-    """The roofline `r` of scenario `s` with its decode step's uncontended communication
-    added (no prefill: the roofline's step is a decode step)."""
-    comm = communication(s) if comm is None else comm
-    t = float(comm.time(r.batch))
-    step = r.step_time_s + t
-    tps = float(rf.tokens_per_s(s.model, s.layout, r.batch, step, rf.interval_of(s.batching)))
-    return replace(r, communication_time_s=t, step_time_with_communication_s=step,
-                   tokens_per_s_with_communication=tps,
-                   tokens_per_s_per_gpu_with_communication=tps / r.gpus)
+def engine_view(s: Scenario, r: rf.Roofline, comm: Communication | None = None
+                ) -> rf.Roofline:
+    """The roofline `r` of scenario `s` beside the engine's view of the same decode step (no
+    prefill: the roofline's step is a decode step): its ops by the engine's op timing and
+    its uncontended communication."""
+    e = estimate(s, r.batch, r.context_tokens, comm, prefill=False)
+    return replace(r, communication_time_s=e.communication_s,
+                   op_time_s=e.step_time_s - e.communication_s,
+                   step_time_estimate_s=e.step_time_s,
+                   tokens_per_s_estimate=e.output_tokens_per_s,
+                   tokens_per_s_per_gpu_estimate=e.output_tokens_per_s / r.gpus)

@@ -117,12 +117,15 @@ class Roofline:
     microbatches: int
     compute_precision: str | None
     hbm_bytes_per_gpu: float
-    # communication, when counted (sim/estimate.py: the step's collectives, each alone on its
-    # links); None: not counted, the bound above is compute and memory only
+    # the engine's view, when asked for (sim/estimate.py, `engine_view`): the decode step's
+    # ops by the engine's op timing (engine.op_timing: per-kernel or pooled) plus its
+    # collectives, each alone on its links; None: not counted, the bound above is compute
+    # and memory only
     communication_time_s: float | None = None
-    step_time_with_communication_s: float | None = None
-    tokens_per_s_with_communication: float | None = None
-    tokens_per_s_per_gpu_with_communication: float | None = None
+    op_time_s: float | None = None
+    step_time_estimate_s: float | None = None
+    tokens_per_s_estimate: float | None = None
+    tokens_per_s_per_gpu_estimate: float | None = None
 
     def to_json(self) -> dict:
         return asdict(self)

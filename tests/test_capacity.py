@@ -13,7 +13,7 @@ from conftest import TOY_DENSE, one_server
 from sim import cli
 from sim.api import simulate
 from sim.capacity import at_rate, search
-from sim.estimate import communication, estimate, with_communication
+from sim.estimate import communication, engine_view, estimate, op_time
 from sim.roofline import for_scenario
 from sim.spec import scenario_from_dict
 from sim.spec.slo import SLO, parse_slo
@@ -100,17 +100,19 @@ def test_slo_parsing():
 # --------------------------------------------------------------------------- the closed form
 
 
-def test_communication_adds_to_the_roofline_step():
+def test_the_engine_view_adds_communication_to_the_engines_ops():
     s = scenario_from_dict(small())
     r = for_scenario(s)
-    c = with_communication(s, r)
+    c = engine_view(s, r)
     comm = communication(s)
     assert comm.fixed_s > 0 and comm.per_token_s > 0          # EP 8: dispatch and combine
     assert c.communication_time_s == pytest.approx(comm.fixed_s + r.batch * comm.per_token_s)
-    assert c.step_time_with_communication_s == pytest.approx(r.step_time_s
-                                                             + c.communication_time_s)
-    assert c.tokens_per_s_with_communication == pytest.approx(
-        r.tokens_per_s * r.step_time_s / c.step_time_with_communication_s)
+    assert c.step_time_estimate_s == pytest.approx(c.op_time_s + c.communication_time_s)
+    # the pooled engine rule is the roofline with attention FLOPs and the two phases apart:
+    # never faster than the roofline's single max
+    assert c.op_time_s >= r.step_time_s * (1 - 1e-9)
+    assert c.tokens_per_s_estimate == pytest.approx(
+        r.tokens_per_s * r.step_time_s / c.step_time_estimate_s)
     assert for_scenario(s).communication_time_s is None      # the pure roofline says so
 
 
