@@ -96,12 +96,16 @@ class LayerCosts:
         if k is not None:
             rows, kv, pairs = (np.asarray(x, dtype=float) for x in (tokens, kv_tokens,
                                                                      attn_pairs))
-            if self.dense_sharded:   # every GPU runs the whole step on its slice
-                n = len(rows)
-                rows, kv, pairs = (np.full(n, x.sum() / self.tp) for x in (rows, kv, pairs))
-            return layer_time(rows, kv, pairs, k.cls, k.flops_per_row, k.weight_bytes,
-                              k.io_bytes_per_row, k.per_layer, k.kv_bytes, k.flops_per_pair,
-                              k.flops_rate, k.bytes_rate, k.fixed, k.per_row, k.tile)
+            n = len(rows)
+            if self.dense_sharded:   # every GPU runs the whole step on its slice: time once
+                rows, kv, pairs = (np.array([x.sum() / self.tp]) for x in (rows, kv, pairs))
+            t, share = layer_time(rows, kv, pairs, k.cls, k.flops_per_row, k.weight_bytes,
+                                  k.io_bytes_per_row, k.per_layer, k.kv_bytes,
+                                  k.flops_per_pair, k.flops_rate, k.bytes_rate, k.fixed,
+                                  k.per_row, k.tile)
+            if self.dense_sharded:
+                return np.full(n, t[0]), np.full(n, share[0])
+            return t, share
         t, cb = _dense_phase(np.asarray(tokens, dtype=float),
                              np.asarray(kv_tokens, dtype=float),
                              np.asarray(attn_pairs, dtype=float), self.dense_flops_per_token,
