@@ -151,3 +151,15 @@ def test_a_generation_is_named_in_the_hardware_file():
 
     with pytest.raises(SpecError, match="unknown kernel timing 'hoper'"):
         load_hardware({"preset": "hgx-h100", "efficiency": {"kernels": "hoper"}})
+
+
+@pytest.mark.parametrize("t", [1, 2, 8, 16])
+def test_kv_reads_split_only_as_far_as_heads_own_kv(t):
+    """GQA (Llama-3.1-70B: 8 KV heads) splits KV reads up to 8 ways; MLA's latent is read
+    whole by every GPU of the group."""
+    llama, ds = load_model("llama-3.1-70b"), load_model("deepseek-v3")
+    kv = {m.name: next(k for k in kn.dense_kernels(m, m.architecture, t)
+                       if k.name == "attention").kv_bytes for m in (llama, ds)}
+    assert kv["llama-3.1-70b"] == pytest.approx(llama.kv_bytes_per_token / llama.layers
+                                                / min(t, 8))
+    assert kv["deepseek-v3"] == pytest.approx(ds.kv_bytes_per_token / ds.layers)

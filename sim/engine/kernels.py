@@ -19,8 +19,10 @@ Shapes follow the roofline's convention for where weights live (costs.py): the d
 (`layout.dense: sharded`, as tensor parallelism over the whole stage group: every GPU runs
 every token of the step on its slice) or over TP only (`replicated`: each EP rank's TP group
 runs its own tokens). GEMMs are column-split (N / t) or row-split (K / t) as Megatron splits
-them; attention splits heads. The output head's cost is spread over the layers (1 / L per
-layer), as its weights are.
+them; attention splits heads, and the KV a GPU reads as far as heads have their own (GQA up
+to its KV heads; MLA's latent, shared by every head, is read whole by each GPU of a tensor-
+parallel group: the reason deployments run MLA data-parallel). The output head's cost is
+spread over the layers (1 / L per layer), as its weights are.
 """
 
 from __future__ import annotations
@@ -101,8 +103,11 @@ def dense_kernels(model: Model, arch: Architecture | None, t: int) -> list[Kerne
                      a.kv_lora_rank, abpp, aprec)]
         o_k = a.heads * a.v_head_dim / t
     kv_elems = a.kv_elements_per_token_per_layer()
+    # heads split t ways; the KV a GPU reads splits only as far as its heads have their own:
+    # GQA's KV heads up to kv_heads ways, MLA's latent (shared by all heads) not at all
+    kv_split = 1 if isinstance(a, MLA) else min(t, a.kv_heads)
     ks.append(Kernel("attention", MLA_ATTENTION if isinstance(a, MLA) else ATTENTION, aprec,
-                     kv_bytes=kv_elems * model.kv_bytes_per_element / t,
+                     kv_bytes=kv_elems * model.kv_bytes_per_element / kv_split,
                      flops_per_pair=a.attention_flops_per_context_token() / t,
                      io_bytes_per_row=2.0 * o_k * ACT_BYTES))
     ks.append(_gemm("o", H, o_k, abpp, aprec))
