@@ -602,10 +602,17 @@ def validate(
     do_calibrate: Annotated[bool, typer.Option("--calibrate", help="redo the calibration and "
                                                "compare it with topologies/*.yaml")] = False,
     cases: Annotated[Optional[Path], typer.Option(help="validation folder")] = None,
+    op_timing: Annotated[Optional[str], typer.Option(
+        "--op-timing", help="run the scenario cases with this engine.op_timing: analytical "
+                            "(per-kernel sum) or pooled (today's default); default: each "
+                            "scenario file's own")] = None,
 ):
-    """Run every published case (validation/*_cases.csv) and report predicted vs published."""
+    """Run every published case (validation/*_cases.csv, e2e_published.csv) and report
+    predicted vs published."""
     from . import validate as val  # noqa: PLC0415
 
+    if op_timing is not None and op_timing not in ("analytical", "pooled"):
+        raise typer.BadParameter("use analytical or pooled", param_hint="--op-timing")
     folder = cases or val.VALIDATION_DIR
     if do_calibrate:
         fitted = val.calibrate(folder)
@@ -622,7 +629,8 @@ def validate(
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task("validating", total=None)
         report = val.validate(folder, only=("exchange", "kernel") if fast else None,
-                              progress=lambda cid: bar.update(task, description=cid))
+                              progress=lambda cid: bar.update(task, description=cid),
+                              op_timing=op_timing)
     if plot_file is not None:
         val.plot(report, plot_file)
     if as_json:
@@ -644,6 +652,32 @@ def validate(
                       f"{v['worst_abs_error']:.1%}",
                       "within target" if v["within_target"] else "[red]outside target[/]")
         out.print(s)
+        g = Table(title="held-out cases per GPU generation (calibration cases apart: fitted "
+                        "to match)", title_justify="left")
+        for col in ("category", "generation", "held out", "median |error|", "worst |error|",
+                    "calibration", "calibration worst |error|"):
+            g.add_column(col)
+
+        def pct(x):
+            return "" if x is None else f"{x:.1%}"
+
+        for cat, v in report.summary().items():
+            for gen, d in v["by_generation"].items():
+                h, c = d["held_out"], d["calibration"]
+                g.add_row(cat, gen, str(h["cases"]), pct(h["median_abs_error"]),
+                          pct(h["worst_abs_error"]), str(c["cases"]),
+                          pct(c["worst_abs_error"]))
+        out.print(g)
+        if report.not_simulated and not fast:
+            n = Table(title="published rows not simulated (validation/cases.yaml)",
+                      title_justify="left")
+            n.add_column("case")
+            n.add_column("why")
+            for cid, (_, why) in report.not_simulated.items():
+                n.add_row(cid, why)
+            out.print(n)
+        if op_timing is not None:
+            out.print(f"scenario cases run with engine.op_timing: {op_timing}")
         if plot_file is not None:
             out.print(f"plot written to {plot_file}")
     if gate and not report.within_target:
