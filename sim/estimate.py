@@ -111,12 +111,14 @@ class Estimate:
 
 def op_time(s: Scenario, costs, batch: float, context: float, p: float) -> float:
     """One step's op time through all stages by the engine's rule (`costs`: LayerCosts)."""
+    from .engine.kernels import StepWork  # noqa: PLC0415
+
     tokens = batch * (1.0 + p)
-    ep = costs.ep
     prompt = s.workload.prompt_tokens.mean * (1.0 - s.workload.prefix_cache_hit)
-    per_rank = np.full(costs.G, 1.0 / ep)
-    dense, _ = costs.dense_phase(tokens * per_rank, batch * context * per_rank,
-                                 (batch * context + batch * p * prompt / 2.0) * per_rank)
+    pre = batch * p   # prompt tokens per step, each attending to half its prompt on average
+    work = StepWork(tokens, batch, batch * context, pre, pre * prompt / 2.0,
+                    pre * prompt / 2.0).scaled(np.full(costs.G, 1.0 / costs.ep))
+    dense, _ = costs.dense_phase(work)
     t = float(dense.max()) * s.model.layers
     if s.model.moe is not None:
         experts = costs.experts

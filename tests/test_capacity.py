@@ -127,9 +127,12 @@ def test_one_gpu_has_no_communication_and_prefill_adds_compute():
     assert decode.step_time_s == pytest.approx(decode.roofline_step_s)
     # 512-token prompts, 32-token answers: 16 prompt tokens per output token; the pooled
     # rule: max(compute, weights + KV) with compute x 17 against x 1
+    # (the 16 x 64 prompt tokens also read KV: half their 512-token prompt each)
     compute = 2 * 64 * 13e9 / (1e15 * s.hardware.efficiency.compute)
-    memory = (13e9 * 2 + 64 * (512 + 16) * 819200) / (3.35e12 * s.hardware.efficiency.memory)
-    assert mixed.prefill_compute_s == pytest.approx(max(17 * compute, memory)
+    bw = 3.35e12 * s.hardware.efficiency.memory
+    memory = (13e9 * 2 + 64 * (512 + 16) * 819200) / bw
+    prefill_kv = 16 * 64 * 256 * 819200 / bw
+    assert mixed.prefill_compute_s == pytest.approx(max(17 * compute, memory + prefill_kv)
                                                     - max(compute, memory))
     assert mixed.step_time_s >= decode.step_time_s
     assert mixed.requests_per_s == pytest.approx(mixed.output_tokens_per_s / 32)

@@ -68,8 +68,10 @@ def test_rows_within_one_tile_cost_the_same_compute(rows):
 
 
 def test_without_fitted_kernels_each_kernel_uses_the_scalar_efficiencies():
+    bare = H100.model_copy(update={"efficiency": H100.efficiency.model_copy(
+        update={"kernels": None})})
     k = kn._gemm("g", 16384, 16384, 1.0, "fp8")
-    t, _ = one(k, H100, 16384)
+    t, _ = one(k, bare, 16384)
     peak = H100.gpu.flops_at("fp8")[1]
     assert t == pytest.approx(2.0 * 16384 ** 3 / (peak * H100.efficiency.compute))
 
@@ -163,3 +165,27 @@ def test_kv_reads_split_only_as_far_as_heads_own_kv(t):
     assert kv["llama-3.1-70b"] == pytest.approx(llama.kv_bytes_per_token / llama.layers
                                                 / min(t, 8))
     assert kv["deepseek-v3"] == pytest.approx(ds.kv_bytes_per_token / ds.layers)
+
+
+def test_fixed_cost_per_precision_and_attention_by_phase():
+    """A class's fixed cost may differ by precision (TRT-LLM's fp8 GEMMs cost ~12 us however
+    small); decode and context attention are separate kernels with their own classes."""
+    gemm = KernelClass(compute=1.0, memory=1.0, fixed={"bf16": 3e-6, "fp8": 12e-6})
+    decode = KernelClass(compute=1.0, memory=1.0, fixed=5e-6)
+    prefill = KernelClass(compute=1.0, memory=1.0, fixed=9e-6)
+    eff = H100.efficiency.model_copy(update={"kernels": KernelTiming(
+        gemm=gemm, grouped_gemm=gemm, attention=decode, attention_prefill=prefill,
+        elementwise=gemm)})
+    hw = H100.model_copy(update={"efficiency": eff})
+    tiny = {p: one(kn._gemm("g", 8, 8, 1.0, p), hw, 1)[0] for p in ("bf16", "fp8", "fp4")}
+    assert tiny["bf16"] == pytest.approx(3e-6, rel=1e-3)
+    assert tiny["fp8"] == pytest.approx(12e-6, rel=1e-3)
+    assert tiny["fp4"] == pytest.approx(12e-6, rel=1e-3)   # H100 runs fp4 as fp8
+    m = load_model("llama-3.1-70b")
+    only = kn.table([k for k in kn.dense_kernels(m, m.architecture, 8)
+                     if k.name.startswith("attention")], hw, "bf16")
+    z = np.zeros(1)
+    # a decode-only step launches the decode kernel alone, a prefill-only step the other
+    t_dec, _ = kn.layer_time(kn.StepWork(z + 4, z + 4, z + 1, z, z, z), only)
+    t_pre, _ = kn.layer_time(kn.StepWork(z + 4, z, z, z + 4, z + 1, z + 1), only)
+    assert t_dec[0] == pytest.approx(5e-6, rel=1e-2) and t_pre[0] == pytest.approx(9e-6, rel=1e-2)

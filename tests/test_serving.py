@@ -219,10 +219,14 @@ def test_attention_dp_puts_whole_sequences_on_their_rank():
                np.zeros(5, dtype=np.int64))
     slot.ctx[:] = [10, 20, 30, 40, 0]
     plan = slot.plan("chunked", 64, ranks=2)
-    tokens, kv, pairs = plan.rank_work
+    tokens, decode, decode_kv, prefill, prefill_kv, prefill_pairs = plan.rank_work
     assert list(tokens) == [1 + 1 + 64, 1 + 1]      # ids 0, 2 decode and 4 prefills 64
-    assert list(kv) == [10 + 30 + 64, 20 + 40]
-    assert pairs[0] == pytest.approx(10 + 30 + 64 * (0 + 65 / 2)) and pairs[1] == 60
-    assert tokens.sum() == plan.tokens and kv.sum() == pytest.approx(plan.kv_tokens)
-    assert pairs.sum() == pytest.approx(plan.attn_pairs)
+    assert list(decode) == [2, 2] and list(prefill) == [64, 0]
+    assert list(decode_kv) == [10 + 30, 20 + 40] and list(prefill_kv) == [64, 0]
+    assert list(prefill_pairs) == [pytest.approx(64 * 65 / 2), 0]
+    # per rank, the figures add up to the step's (StepPlan.work)
+    for per_rank, total in zip(plan.rank_work, plan.work()):
+        assert per_rank.sum() == pytest.approx(total)
+    assert plan.kv_tokens == pytest.approx(10 + 20 + 30 + 40 + 64)
+    assert plan.attn_pairs == pytest.approx(100 + 64 * 65 / 2)
     assert slot.plan("chunked", 64).rank_work is None

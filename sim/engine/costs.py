@@ -22,7 +22,7 @@ from ..spec.layout import Layout, dense_share
 from ..spec.model import Model
 from ..spec.precision import BYTES_PER_ELEMENT, precision_for_bytes
 from . import kernels
-from .kernels import KernelTable, grouped_time, layer_time
+from .kernels import KernelTable, StepWork, grouped_time, layer_time
 from .sampling import Categories, LogFactorials, categories, multinomial
 
 
@@ -86,29 +86,23 @@ class LayerCosts:
     def experts_per_rank(self) -> int:
         return self.experts // self.ep if self.experts else 0
 
-    def dense_phase(self, tokens: np.ndarray, kv_tokens: np.ndarray, attn_pairs: np.ndarray):
-        """Attention + dense part on each GPU: (time, compute_bound) arrays over G GPUs.
-        `tokens[i]` tokens run in GPU i's attention group (its TP group shares them),
-        `kv_tokens[i]` context tokens whose KV it reads, `attn_pairs[i]` query x context
-        pairs of its attention. With kernels, the compute-bound flag is the share of the
-        time its compute-bound kernels take."""
+    def dense_phase(self, work: StepWork):
+        """Attention + dense part on each GPU: (time, compute-bound share) arrays over the G
+        GPUs, given each GPU's step work (`kernels.StepWork`: the tokens its attention group,
+        its TP GPUs, runs; its decoding sequences and prompt tokens with the KV they read).
+        Per kernel (`dense_kernels`): the sum of the layer's kernels, the share being the
+        time its compute-bound kernels take; pooled: one roofline over the phase."""
         k = self.dense_kernels
         if k is not None:
-            rows, kv, pairs = (np.asarray(x, dtype=float) for x in (tokens, kv_tokens,
-                                                                     attn_pairs))
-            n = len(rows)
+            n = len(work.tokens)
             if self.dense_sharded:   # every GPU runs the whole step on its slice: time once
-                rows, kv, pairs = (np.array([x.sum() / self.tp]) for x in (rows, kv, pairs))
-            t, share = layer_time(rows, kv, pairs, k.cls, k.flops_per_row, k.weight_bytes,
-                                  k.io_bytes_per_row, k.per_layer, k.kv_bytes,
-                                  k.flops_per_pair, k.flops_rate, k.bytes_rate, k.fixed,
-                                  k.per_row, k.tile)
+                work = StepWork(*(np.array([np.sum(x) / self.tp]) for x in work))
+            t, share = layer_time(work, k)
             if self.dense_sharded:
                 return np.full(n, t[0]), np.full(n, share[0])
             return t, share
-        t, cb = _dense_phase(np.asarray(tokens, dtype=float),
-                             np.asarray(kv_tokens, dtype=float),
-                             np.asarray(attn_pairs, dtype=float), self.dense_flops_per_token,
+        w = [np.asarray(x, dtype=float) for x in work]
+        t, cb = _dense_phase(w[0], w[2] + w[4], w[2] + w[5], self.dense_flops_per_token,
                              self.attn_flops_per_ctx, self.flops, self.attn_flops_rate,
                              self.tp, self.dense_weight_bytes, self.kv_bytes_per_token,
                              self.bandwidth)

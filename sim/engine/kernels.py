@@ -28,6 +28,7 @@ spread over the layers (1 / L per layer), as its weights are.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -36,9 +37,28 @@ from ..spec.hardware import Hardware, KernelClass
 from ..spec.model import GQA, MLA, Architecture, Model
 from ..spec.precision import BYTES_PER_ELEMENT
 
-GEMM, GROUPED, ATTENTION, ELEMENTWISE, MLA_ATTENTION = range(5)
-CLASS_NAMES = ("gemm", "grouped_gemm", "attention", "elementwise", "mla_attention")
+GEMM, GROUPED, ATTENTION, ELEMENTWISE, MLA_ATTENTION, ATTENTION_PREFILL, MLA_PREFILL = range(7)
+CLASS_NAMES = ("gemm", "grouped_gemm", "attention", "elementwise", "mla_attention",
+               "attention_prefill", "mla_prefill")
+DECODE_CLASSES = (ATTENTION, MLA_ATTENTION)
+PREFILL_CLASSES = (ATTENTION_PREFILL, MLA_PREFILL)
 ACT_BYTES = BYTES_PER_ELEMENT["bf16"]   # activations between kernels
+
+
+class StepWork(NamedTuple):
+    """A step's work on each GPU of a stage group (arrays over its GPUs): the rows through its
+    GEMMs, and its attention split by phase, as serving engines launch it (decode and
+    context attention are separate kernels)."""
+
+    tokens: np.ndarray         # rows through the GEMMs: decode + prompt tokens
+    decode: np.ndarray         # decoding sequences (decode attention rows)
+    decode_kv: np.ndarray      # context tokens they read (one query each: also their pairs)
+    prefill: np.ndarray        # prompt tokens (context attention rows)
+    prefill_kv: np.ndarray     # context tokens the prefill reads
+    prefill_pairs: np.ndarray  # (query, context) pairs of the prefill
+
+    def scaled(self, f) -> StepWork:
+        return StepWork(*(np.asarray(x, dtype=float) * f for x in self))
 
 
 @dataclass(frozen=True)
@@ -46,7 +66,8 @@ class Kernel:
     """One kernel of a layer on one GPU. Per call: `flops_per_row` x rows (padded) FLOPs,
     `weight_bytes` + `io_bytes_per_row` x rows bytes; `per_layer` calls per layer on average
     (3 dense MLP layers of 61: 3/61). Attention reads KV instead of weights: its bytes per
-    context token and FLOPs per (query, context) pair are `kv_bytes`, `flops_per_pair`."""
+    context token and FLOPs per (query, context) pair are `kv_bytes`, `flops_per_pair`; its
+    decode and prefill kernels are two kernels of their own classes."""
 
     name: str
     cls: int
@@ -80,10 +101,11 @@ def dense_kernels(model: Model, arch: Architecture | None, t: int) -> list[Kerne
     bpp, precision = model.bytes_of("dense"), model.precision_of("dense")
     if arch is None:   # totals only: one GEMM of the dense weights per layer, K = hidden
         dense = (model.total_params - model.routed_expert_params) / (L * t)
+        attn = dict(kv_bytes=model.kv_bytes_per_token / (L * t),
+                    flops_per_pair=model.attention_flops_per_context_token / (L * t))
         return [_gemm("dense", dense / model.hidden, model.hidden, bpp, precision),
-                Kernel("attention", ATTENTION, precision,
-                       kv_bytes=model.kv_bytes_per_token / (L * t),
-                       flops_per_pair=model.attention_flops_per_context_token / (L * t))]
+                Kernel("attention", ATTENTION, precision, **attn),
+                Kernel("attention_prefill", ATTENTION_PREFILL, precision, **attn)]
     H, a = arch.hidden, arch.attention
     ks = [_norm("norms", H, 2.0)]
     if isinstance(a, GQA):
@@ -106,10 +128,13 @@ def dense_kernels(model: Model, arch: Architecture | None, t: int) -> list[Kerne
     # heads split t ways; the KV a GPU reads splits only as far as its heads have their own:
     # GQA's KV heads up to kv_heads ways, MLA's latent (shared by all heads) not at all
     kv_split = 1 if isinstance(a, MLA) else min(t, a.kv_heads)
-    ks.append(Kernel("attention", MLA_ATTENTION if isinstance(a, MLA) else ATTENTION, aprec,
-                     kv_bytes=kv_elems * model.kv_bytes_per_element / kv_split,
-                     flops_per_pair=a.attention_flops_per_context_token() / t,
-                     io_bytes_per_row=2.0 * o_k * ACT_BYTES))
+    mla = isinstance(a, MLA)
+    for name, cls in (("attention", MLA_ATTENTION if mla else ATTENTION),
+                      ("attention_prefill", MLA_PREFILL if mla else ATTENTION_PREFILL)):
+        ks.append(Kernel(name, cls, aprec,
+                         kv_bytes=kv_elems * model.kv_bytes_per_element / kv_split,
+                         flops_per_pair=a.attention_flops_per_context_token() / t,
+                         io_bytes_per_row=2.0 * o_k * ACT_BYTES))
     ks.append(_gemm("o", H, o_k, abpp, aprec))
     if arch.dense_layers:
         f, share = arch.ffn_hidden / t, arch.dense_layers / L
@@ -171,11 +196,12 @@ def kernel_classes(hardware: Hardware) -> tuple[KernelClass, ...]:
     e = hardware.efficiency
     if e.kernels is not None:
         k = e.kernels
-        return (k.gemm, k.grouped_gemm, k.attention, k.elementwise,
-                k.mla_attention or k.attention)
+        mla = k.mla_attention or k.attention
+        return (k.gemm, k.grouped_gemm, k.attention, k.elementwise, mla,
+                k.attention_prefill or k.attention, k.mla_prefill or mla)
     gemm = KernelClass(compute=e.compute, memory=e.memory)
     attention = KernelClass(compute=e.attention_compute, memory=e.memory)
-    return (gemm, gemm, attention, gemm, attention)
+    return (gemm, gemm, attention, gemm, attention, attention, attention)
 
 
 def table(kernels: list[Kernel], hardware: Hardware, attention_precision: str) -> KernelTable:
@@ -184,11 +210,12 @@ def table(kernels: list[Kernel], hardware: Hardware, attention_precision: str) -
     rate, brate, fixed, per_row, tile = [], [], [], [], []
     for k in kernels:
         c = classes[k.cls]
-        prec = attention_precision if k.cls in (ATTENTION, MLA_ATTENTION) else k.precision
+        attention = k.cls in DECODE_CLASSES + PREFILL_CLASSES
+        prec = attention_precision if attention else k.precision
         used, peak = gpu.flops_at(prec)
         rate.append(peak * c.compute_at(used or prec))
         brate.append(gpu.hbm_bandwidth * c.memory)
-        fixed.append(c.fixed)
+        fixed.append(c.fixed_at(used or prec))
         per_row.append(c.per_row)
         tile.append(c.tile_m)
 
@@ -211,7 +238,7 @@ def kernel_time(rows, kv_tokens, pairs, cls, flops_per_row, weight_bytes, io_byt
     if rows <= 0.0:
         return 0.0, False
     padded = np.ceil(rows / tile) * tile
-    if cls == 2 or cls == 4:   # attention: FLOPs over pairs, bytes over the KV it reads
+    if cls == 2 or cls >= 4:   # attention: FLOPs over pairs, bytes over the KV it reads
         f = pairs * flops_per_pair
         b = kv_tokens * kv_bytes + rows * io_bytes_per_row
     else:
@@ -221,20 +248,35 @@ def kernel_time(rows, kv_tokens, pairs, cls, flops_per_row, weight_bytes, io_byt
     return fixed + per_row * rows + max(tc, tm), tc > tm
 
 
+def layer_time(work: StepWork, k: KernelTable):
+    """An average layer's kernels on each GPU: (time, compute-bound share) arrays over GPUs."""
+    return _layer_time(*(np.asarray(x, dtype=float) for x in work), k.cls, k.flops_per_row,
+                       k.weight_bytes, k.io_bytes_per_row, k.per_layer, k.kv_bytes,
+                       k.flops_per_pair, k.flops_rate, k.bytes_rate, k.fixed, k.per_row,
+                       k.tile)
+
+
 @numba.njit(cache=True, nogil=True)
-def layer_time(rows, kv_tokens, pairs, cls, flops_per_row, weight_bytes, io_bytes_per_row,
-               per_layer, kv_bytes, flops_per_pair, flops_rate, bytes_rate, fixed, per_row,
-               tile):   # pragma: no cover (compiled)
-    """An average layer's kernels on each GPU: (time, compute-bound share) arrays over GPUs
-    given each GPU's rows, context tokens and pairs."""
-    n = len(rows)
+def _layer_time(tokens, decode, decode_kv, prefill, prefill_kv, prefill_pairs, cls,
+                flops_per_row, weight_bytes, io_bytes_per_row, per_layer, kv_bytes,
+                flops_per_pair, flops_rate, bytes_rate, fixed, per_row,
+                tile):   # pragma: no cover (compiled)
+    """`layer_time` compiled: each kernel takes its rows by class (GEMMs and elementwise:
+    every token; decode attention: decoding sequences; context attention: prompt tokens)."""
+    n = len(tokens)
     t, comp = np.zeros(n), np.zeros(n)
     for i in range(n):
         for k in range(len(cls)):
-            dt, cb = kernel_time(rows[i], kv_tokens[i], pairs[i], cls[k], flops_per_row[k],
-                                 weight_bytes[k], io_bytes_per_row[k], kv_bytes[k],
-                                 flops_per_pair[k], flops_rate[k], bytes_rate[k], fixed[k],
-                                 per_row[k], tile[k])
+            c = cls[k]
+            if c == 2 or c == 4:
+                rows, kv, pairs = decode[i], decode_kv[i], decode_kv[i]
+            elif c >= 5:
+                rows, kv, pairs = prefill[i], prefill_kv[i], prefill_pairs[i]
+            else:
+                rows, kv, pairs = tokens[i], 0.0, 0.0
+            dt, cb = kernel_time(rows, kv, pairs, c, flops_per_row[k], weight_bytes[k],
+                                 io_bytes_per_row[k], kv_bytes[k], flops_per_pair[k],
+                                 flops_rate[k], bytes_rate[k], fixed[k], per_row[k], tile[k])
             t[i] += per_layer[k] * dt
             comp[i] += per_layer[k] * dt * cb
     share = np.zeros(n)

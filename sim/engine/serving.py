@@ -71,8 +71,17 @@ class StepPlan:
     kv_tokens: float          # context tokens whose KV is read
     attn_pairs: float         # query x context token pairs (attention FLOPs)
     sequences: int = 0        # sequences with work this step (decoding or prefilling)
-    # per attention-data-parallel rank (`ranks` given to Slot.plan): tokens, KV read, pairs
+    decode_kv: float = 0.0    # of kv_tokens, those the decoding sequences read
+    prefill_pairs: float = 0.0   # of attn_pairs, the prefill's
+    # per attention-data-parallel rank (`ranks` given to Slot.plan): kernels.StepWork's
+    # figures (tokens, decoding sequences, their KV, prompt tokens, their KV and pairs)
     rank_work: tuple | None = None
+
+    def work(self) -> tuple:
+        """The step's StepWork figures for the whole microbatch (numbers, not arrays)."""
+        decode = self.tokens - self.prefill_tokens
+        return (float(self.tokens), float(decode), self.decode_kv, float(self.prefill_tokens),
+                self.kv_tokens - self.decode_kv, self.prefill_pairs)
 
 
 class Slot:
@@ -111,18 +120,19 @@ class Slot:
         budget = chunk_tokens
         if step_tokens is not None:
             budget = min(budget, max(step_tokens - int(np.count_nonzero(self.pre == 0)), 0))
-        decode, take, n_dec, n_pre, kv, pairs, n_seq = _plan(self.pre, self.ctx, budget,
-                                                             prefill == "separate")
+        decode, take, n_dec, n_pre, dec_ctx, pre_ctx, pre_pairs, n_seq = _plan(
+            self.pre, self.ctx, budget, prefill == "separate")
         work = None
         if ranks > 1:
             rank = self.ids % ranks
             ctx = self.ctx.astype(float)
-            tokens = decode + take
-            seq_kv = np.where(decode, ctx, 0.0) + np.where(take > 0, ctx + take, 0.0)
-            seq_pairs = np.where(decode, ctx, 0.0) + take * (ctx + (take + 1) / 2.0)
-            work = tuple(np.bincount(rank, weights=w, minlength=ranks)
-                         for w in (tokens.astype(float), seq_kv, seq_pairs))
-        return StepPlan(decode, take, n_dec + n_pre, n_pre, kv, pairs, n_seq, work)
+            prefilling = take > 0
+            work = tuple(np.bincount(rank, weights=w, minlength=ranks) for w in (
+                (decode + take).astype(float), decode.astype(float),
+                np.where(decode, ctx, 0.0), take.astype(float),
+                np.where(prefilling, ctx + take, 0.0), take * (ctx + (take + 1) / 2.0)))
+        return StepPlan(decode, take, n_dec + n_pre, n_pre, float(dec_ctx + pre_ctx),
+                        dec_ctx + pre_pairs, n_seq, float(dec_ctx), pre_pairs, work)
 
     def advance(self, plan: StepPlan) -> tuple[np.ndarray, np.ndarray, int]:
         """Apply a finished step. Returns (ids with a first token now, ids finished now,
@@ -140,8 +150,8 @@ def _plan(pre, ctx, budget, separate):   # pragma: no cover
     """A step's plan in one compiled pass: sequences with their prompt done decode; prompt
     tokens are taken FIFO up to `budget`; under `separate` a step with prompt work
     carries only that. Returns (decode mask, tokens taken per sequence, decoding
-    sequences, prompt tokens, context tokens read, query x context pairs, sequences with
-    work)."""
+    sequences, prompt tokens, context tokens the decoding sequences read, context tokens
+    the prefilling ones read, the prefill's query x context pairs, sequences with work)."""
     n = len(pre)
     decode = np.empty(n, np.bool_)
     take = np.empty(n, np.int64)
@@ -166,7 +176,7 @@ def _plan(pre, ctx, budget, separate):   # pragma: no cover
             n_pre += take[i]
             pre_ctx += ctx[i] + take[i]
             pre_pairs += take[i] * (ctx[i] + (take[i] + 1) / 2.0)
-    return decode, take, n_dec, n_pre, float(dec_ctx + pre_ctx), dec_ctx + pre_pairs, n_seq
+    return decode, take, n_dec, n_pre, dec_ctx, pre_ctx, pre_pairs, n_seq
 
 
 @numba.njit(cache=True, nogil=True)

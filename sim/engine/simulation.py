@@ -39,6 +39,7 @@ from .costs import (draw_routing, dispatch_matrix, expert_popularity, layer_cost
                     moe_layer_flags, physical_popularity, routing_hits, routing_table,
                     split_tokens)
 from .faults import FaultInjector, FaultLog, Unroutable
+from .kernels import StepWork
 from .network import Network, TrainShape
 from .serving import DONE, DROPPED, FAILED, RUNNING, RequestTable, Slot
 
@@ -736,18 +737,17 @@ class Simulation:
         if w is None:
             c = self.costs
             if plan.rank_work is not None:   # attention DP: whole sequences on each rank
-                rank_tokens, rank_kv, rank_pairs = plan.rank_work
-                group_tokens = np.repeat(rank_tokens, c.tp)
-                dense = c.dense_phase(group_tokens, np.repeat(rank_kv, c.tp),
-                                      np.repeat(rank_pairs, c.tp))
-                gpu_tokens = np.concatenate([split_tokens(int(x), c.tp) for x in rank_tokens])
+                work = StepWork(*(np.repeat(x, c.tp) for x in plan.rank_work))
+                group_tokens = work.tokens
+                gpu_tokens = np.concatenate([split_tokens(int(x), c.tp)
+                                             for x in plan.rank_work[0]])
             else:
                 group_tokens = np.repeat(split_tokens(plan.tokens, c.ep), c.tp).astype(float)
                 share = group_tokens / max(plan.tokens, 1)
                 # each EP rank's attention group (its TP GPUs) holds an even share of sequences
-                dense = c.dense_phase(group_tokens, share * plan.kv_tokens,
-                                      share * plan.attn_pairs)
+                work = StepWork(group_tokens, *(share * x for x in plan.work()[1:]))
                 gpu_tokens = split_tokens(plan.tokens, c.G)
+            dense = c.dense_phase(work)
             routing = expert = None
             if self.n_moe_layers:
                 routing = draw_routing(c, gpu_tokens, self.routing_table, self.rng_routing)

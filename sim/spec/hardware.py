@@ -66,21 +66,29 @@ class KernelClass(Spec):
         1.0, description="achieved / peak FLOP/s on large shapes: one figure, or one per "
                          "matmul precision")
     memory: Fraction = Field(1.0, description="achieved / peak HBM bandwidth on large reads")
-    fixed: SecondsOrZero = Field(0.0, description="fixed cost per kernel")
+    fixed: SecondsOrZero | dict[Precision, SecondsOrZero] = Field(
+        0.0, description="fixed cost per kernel: one figure, or one per matmul precision")
     per_row: SecondsOrZero = Field(
         0.0, description="cost per row on top (attention: per sequence of a decode step, "
                          "whatever its context)")
     tile_m: PositiveInt = Field(1, description="M is computed in tiles of this many rows")
 
     def compute_at(self, precision: str | None) -> float:
-        if not isinstance(self.compute, dict):
-            return float(self.compute)
-        if precision in self.compute:
-            return float(self.compute[precision])
-        # the nearest precision given, by width (fp4 weights on an fp8-only GPU: fp8's)
-        order = PRECISION_ORDER.get(precision or "", PRECISION_ORDER["bf16"])
-        return float(min(self.compute.items(),
-                         key=lambda kv: abs(PRECISION_ORDER[kv[0]] - order))[1])
+        return _at(self.compute, precision)
+
+    def fixed_at(self, precision: str | None) -> float:
+        return _at(self.fixed, precision)
+
+
+def _at(value, precision: str | None) -> float:
+    """A figure given once or per precision, at `precision`: its own, else the nearest given
+    by width (fp4 weights on an fp8-only GPU take fp8's)."""
+    if not isinstance(value, dict):
+        return float(value)
+    if precision in value:
+        return float(value[precision])
+    order = PRECISION_ORDER.get(precision or "", PRECISION_ORDER["bf16"])
+    return float(min(value.items(), key=lambda kv: abs(PRECISION_ORDER[kv[0]] - order))[1])
 
 
 class KernelTiming(Spec):
@@ -90,10 +98,16 @@ class KernelTiming(Spec):
     source: str = Field("", description="the measured data and the fit that produced these")
     gemm: KernelClass = KernelClass()
     grouped_gemm: KernelClass = KernelClass()
-    attention: KernelClass = KernelClass()
+    attention: KernelClass = Field(
+        KernelClass(), description="decode (generation) attention, GQA/MHA: rows = sequences")
+    attention_prefill: KernelClass | None = Field(
+        None, description="context (prefill) attention: rows = prompt tokens; default: "
+                          "`attention`")
     elementwise: KernelClass = KernelClass()
     mla_attention: KernelClass | None = Field(
-        None, description="multi-head latent attention kernels; default: `attention`")
+        None, description="decode multi-head latent attention; default: `attention`")
+    mla_prefill: KernelClass | None = Field(
+        None, description="context multi-head latent attention; default: `mla_attention`")
 
 
 class Efficiency(Spec):

@@ -1,0 +1,223 @@
+"""The fitted kernel timing (sim/calibration/fit.py, topologies/kernels/*.yaml): the files load,
+the engine's own timing code reproduces the held-out errors the files report on the committed
+measured rows (validation/kernels/), and the fit recovers known parameters from a synthetic
+dataset."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from sim.calibration import aic_data
+from sim.calibration import fit
+from sim.engine import kernels as kn
+from sim.spec import load_hardware
+from sim.spec.hardware import KernelTiming
+from sim.spec.precision import BYTES_PER_ELEMENT
+
+REPO = Path(__file__).resolve().parents[1]
+KERNELS = REPO / "topologies" / "kernels"
+SAMPLE = REPO / "validation" / "kernels"
+# aiconfigurator system -> racksim hardware file (its peaks scale the efficiencies)
+PRESET = {"h100_sxm": "hgx-h100", "h200_sxm": "hgx-h200", "b200_sxm": "hgx-b200",
+          "gb200": "gb200-nvl72"}
+PRECISION = {"bfloat16": "bf16", "fp8": "fp8", "nvfp4": "fp4"}
+MARGIN = 0.05   # sampling noise: a median over 250 committed rows against the full held-out set
+
+
+def reported(generation: str) -> dict[str, dict[str, float]]:
+    """The held-out median |error| per system and class from the file's header lines
+    `#   <system> (<role>): <class> <median>/<p90> ...`."""
+    out = {}
+    for line in (KERNELS / f"{generation}.yaml").read_text().splitlines():
+        m = re.match(r"^#\s+(\w+) \(([^)]*)\):((?: \w+ [\d.]+/[\d.]+)+)$", line)
+        if m:
+            out[m.group(1)] = {c: float(med) for c, med, _ in
+                               re.findall(r"(\w+) ([\d.]+)/([\d.]+)", m.group(3))}
+    return out
+
+
+def engine_times(cls: str, df: pd.DataFrame, hw) -> np.ndarray:
+    """Each measured row timed by sim/engine/kernels.py: the row's kernel(s) built as the
+    engine builds them, then kernel_time (or grouped_time for the experts)."""
+    out = []
+    for r in df.itertuples(index=False):
+        if cls == "gemm":
+            p = PRECISION[r.dtype] if r.dtype in PRECISION else "fp8"   # fp8_block: at fp8
+            t = kn.table([kn._gemm("g", r.n, r.k, BYTES_PER_ELEMENT[p], p)], hw, "bf16")
+            rows, kv, pairs = float(r.m), 0.0, 0.0
+        elif cls == "grouped_gemm":
+            p, f, h = PRECISION[r.dtype], float(r.inter_local), float(r.hidden)
+            bpp = BYTES_PER_ELEMENT[p]
+            t = kn.table([kn._gemm("gate_up", 2 * f, h, bpp, p, cls=kn.GROUPED),
+                          kn._norm("act", f),
+                          kn._gemm("down", h, f, bpp, p, cls=kn.GROUPED)], hw, "bf16")
+            per, extra = divmod(int(r.copies), int(r.active))
+            tokens = np.zeros(int(r.local_experts))
+            tokens[:int(r.active)] = per
+            tokens[:extra] += 1
+            time, _ = kn.grouped_time(tokens, 1, len(tokens), t.cls, t.flops_per_row,
+                                      t.weight_bytes, t.io_bytes_per_row, t.per_layer,
+                                      t.flops_rate, t.bytes_rate, t.fixed, t.per_row, t.tile)
+            out.append(time[0])
+            continue
+        else:
+            kvb = aic_data.ELEMENT_BYTES[r.kv_dtype]
+            window = getattr(r, "window", 0)
+            pairs = r.batch * float(aic_data.causal_pairs(r.q_len, r.kv_len, window))
+            kv = r.batch * float(aic_data.keys_touched(r.q_len, r.kv_len, window))
+            rows = float(r.batch * r.q_len)
+            if cls == "attention":
+                k = kn.Kernel("attention", kn.ATTENTION, "bf16",
+                              kv_bytes=2 * r.kv_heads * r.head_dim * kvb,
+                              flops_per_pair=4 * r.heads * r.head_dim,
+                              io_bytes_per_row=2 * r.heads * r.head_dim * kn.ACT_BYTES)
+            else:   # MLA: the latent cache; FLOPs per pair as the table counts them
+                k = kn.Kernel("mla", kn.MLA_ATTENTION, "bf16", kv_bytes=(512 + 64) * kvb,
+                              flops_per_pair=r.flops / pairs,
+                              io_bytes_per_row=2 * r.heads * 128 * kn.ACT_BYTES)
+            t = kn.table([k], hw, "bf16")
+        out.append(kn.kernel_time(rows, kv, pairs, t.cls[0], t.flops_per_row[0],
+                                  t.weight_bytes[0], t.io_bytes_per_row[0], t.kv_bytes[0],
+                                  t.flops_per_pair[0], t.flops_rate[0], t.bytes_rate[0],
+                                  t.fixed[0], t.per_row[0], t.tile[0])[0])
+    return np.array(out)
+
+
+# --------------------------------------------------------------------------- (a) loading
+
+
+@pytest.mark.parametrize("generation", ["hopper", "blackwell"])
+def test_fitted_files_load(generation):
+    data = yaml.safe_load((KERNELS / f"{generation}.yaml").read_text())
+    k = KernelTiming.model_validate(data)
+    assert "aiconfigurator-core 0.12.0" in k.source and fit.GENERATIONS[generation] in k.source
+    assert k.mla_attention is not None
+    assert k.gemm.fixed > 0 and k.gemm.tile_m in fit.TILES
+    assert k.elementwise.memory == k.gemm.memory and k.elementwise.fixed == 0.0
+    hw = load_hardware({"preset": "hgx-h100", "efficiency": {"kernels": generation}})
+    assert hw.efficiency.kernels == k
+    assert set(reported(generation)) >= {fit.GENERATIONS[generation]}
+
+
+# --------------------------------------------------------------------------- (b) held-out
+
+CASES = [(g, s) for g in ("hopper", "blackwell") for s in (fit.GENERATIONS[g], *fit.CHECKS[g])]
+
+
+@pytest.mark.parametrize("generation,system", CASES)
+@pytest.mark.parametrize("cls", fit.CLASSES)
+def test_engine_reproduces_the_reported_held_out_error(generation, system, cls):
+    """On the committed held-out rows, the engine's kernel_time / grouped_time with the
+    fitted parameters (through the hardware file's `efficiency.kernels: NAME`) predicts the
+    measured latency within the median |error| the file reports (plus sampling margin),
+    and exactly as the fit's vectorised model does."""
+    df = pd.read_csv(SAMPLE / system / f"{cls}.csv")
+    df = df[(df["split"] == "held_out")
+            & ~df["dtype"].isin(fit.UNFITTED)].reset_index(drop=True)
+    assert len(df) >= 200
+    hw = load_hardware({"preset": PRESET[system], "efficiency": {"kernels": generation}})
+    t = engine_times(cls, df, hw)
+    err = np.abs(t / df["latency_s"].to_numpy() - 1)
+    assert np.median(err) <= reported(generation)[system][cls] + MARGIN
+    mine = fit.predict(cls, fit.shapes(cls, df), hw.efficiency.kernels, hw.gpu)
+    np.testing.assert_allclose(mine, t, rtol=1e-9)
+
+
+def test_committed_rows_are_a_small_sample_in_the_extractors_schema():
+    total = 0
+    for f in sorted(SAMPLE.glob("*/*.csv")):
+        df = pd.read_csv(f)
+        total += f.stat().st_size
+        assert 0 < len(df) <= 400 and set(df["split"]) == {"calibration", "held_out"}
+        assert list(df.columns[:5]) == aic_data.LEAD and list(df.columns[-4:]) == [
+            *aic_data.TAIL, "split"]
+        # the split is the shape hash's
+        assert (fit.shape_split(f.stem, df) == df["split"].to_numpy()).all()
+    assert 0 < total < 2e6
+
+
+# --------------------------------------------------------------------------- (c) synthetic
+
+KNOWN = {
+    "gemm": {"compute": {"bf16": 0.7, "fp8": 0.55}, "memory": 0.8, "fixed": 5e-6,
+             "per_row": 0.0, "tile_m": 64},
+    "grouped_gemm": {"compute": {"bf16": 0.6, "fp8": 0.45}, "memory": 0.75, "fixed": 12e-6,
+                     "per_row": 5e-9, "tile_m": 16},
+    "attention": {"compute": 0.5, "memory": 0.7, "fixed": 8e-6, "per_row": 5e-8, "tile_m": 1},
+    "elementwise": {"compute": 1.0, "memory": 0.8, "fixed": 0.0, "per_row": 0.0, "tile_m": 1},
+    "mla_attention": {"compute": 0.45, "memory": 0.85, "fixed": 1e-5, "per_row": 3e-8,
+                      "tile_m": 1},
+}
+
+
+def synthetic_shapes() -> dict[str, pd.DataFrame]:
+    lead = {"system": "h100_sxm", "framework": "trtllm", "version": "synthetic",
+            "kernel_source": "synthetic"}
+    g = [dict(lead, dtype=d, m=m, n=n, k=k)
+         for d in ("bfloat16", "fp8") for m in (1, 5, 17, 40, 100, 257, 1000, 2049, 4096)
+         for n, k in ((128, 128), (1024, 1024), (4096, 4096), (8192, 16384), (2048, 28672))]
+    moe = []
+    for d in ("bfloat16", "fp8"):
+        for hidden, inter, experts, topk, tp, ep in ((4096, 1536, 128, 8, 1, 8),
+                                                     (7168, 2048, 256, 8, 1, 32),
+                                                     (4096, 14336, 8, 2, 2, 1)):
+            for tokens in (1, 4, 16, 50, 100, 300, 1000, 3000, 5000, 12000):
+                copies, active = aic_data.balanced_local_load(tokens, experts, topk, ep)
+                moe.append(dict(lead, dtype=d, tokens=tokens, hidden=hidden, inter=inter,
+                                topk=topk, experts=experts, tp=tp, ep=ep,
+                                local_experts=experts // ep, inter_local=inter // tp,
+                                copies=copies, active=active))
+    attn, mla = [], []
+    for kvd in ("bfloat16", "fp8"):
+        for b in (1, 8, 64, 256):
+            for phase, q, kv in [("context", n, n) for n in (16, 256, 4096)] + [
+                    ("generation", 1, n) for n in (16, 1024, 32768)]:
+                for h, hkv, d in ((32, 8, 128), (8, 8, 64), (64, 1, 128)):
+                    attn.append(dict(lead, dtype="bfloat16", phase=phase, kv_dtype=kvd,
+                                     batch=b, q_len=q, kv_len=kv, heads=h, kv_heads=hkv,
+                                     head_dim=d, window=0))
+                for h in (16, 128):
+                    pairs = b * float(aic_data.causal_pairs(q, kv))
+                    per = (2 * 192 + 2 * 128) if phase == "context" else (2 * 576 + 2 * 512)
+                    mla.append(dict(lead, dtype="bfloat16", phase=phase, kv_dtype=kvd,
+                                    batch=b, q_len=q, kv_len=kv, heads=h,
+                                    flops=h * per * pairs))
+    return {"gemm": pd.DataFrame(g), "grouped_gemm": pd.DataFrame(moe),
+            "attention": pd.DataFrame(attn), "mla_attention": pd.DataFrame(mla)}
+
+
+def test_fit_recovers_known_parameters_from_synthetic_rows(tmp_path):
+    """Latencies made by the engine from known parameters (one system's peaks), written
+    as committed rows are; fit_generation on them gives the parameters back."""
+    hw = load_hardware({"preset": "hgx-h100", "efficiency": {"kernels": KNOWN}})
+    (tmp_path / "h100_sxm").mkdir()
+    for cls, df in synthetic_shapes().items():
+        df["latency_s"] = engine_times(cls, df, hw)
+        df["split"] = fit.shape_split(cls, df)
+        df.to_csv(tmp_path / "h100_sxm" / f"{cls}.csv", index=False)
+    got = fit.fit_generation(tmp_path, "h100_sxm")
+    assert "h100_sxm" in got["source"]
+    for cls, want in KNOWN.items():
+        for key, w in want.items():
+            g = got[cls][key]
+            if isinstance(w, dict):
+                assert g == pytest.approx(w, rel=5e-3), (cls, key)
+            elif key == "tile_m":
+                assert g == w, (cls, key)
+            else:
+                assert g == pytest.approx(w, rel=5e-3, abs=1e-11), (cls, key)
+    # the fit is deterministic: the same rows give the same figures
+    assert fit.fit_generation(tmp_path, "h100_sxm") == got
+
+
+def test_split_is_a_deterministic_hash_of_the_shape():
+    df = pd.DataFrame({"m": np.arange(1, 2001), "n": 4096, "k": 4096})
+    a = fit.shape_split("gemm", df)
+    assert (a == fit.shape_split("gemm", df.iloc[::-1])[::-1]).all()   # row order: no matter
+    assert 0.17 < np.mean(a == "held_out") < 0.23
