@@ -685,6 +685,30 @@ def validate(
 
 
 @app.command()
+def calibrate(
+    root: Annotated[Optional[Path], typer.Argument(
+        help="aiconfigurator-core's package folder (default: the installed package, "
+             "`pip install 'racksim[calibrate]'`), or validation/kernels (the committed "
+             "sample: fits and errors only)")] = None,
+    write: Annotated[bool, typer.Option(help="rewrite topologies/kernels/*.yaml")] = False,
+    sample: Annotated[bool, typer.Option(help="rewrite the committed sample of measured "
+                                              "rows (validation/kernels)")] = False,
+):
+    """Fit the per-kernel timing of each GPU generation on measured kernel latencies and
+    print the parameters with their calibration and held-out errors (docs/kernel-model.md)."""
+    from .calibration import fit  # noqa: PLC0415
+    from .spec.errors import SpecError  # noqa: PLC0415
+
+    try:
+        fit.main([*([str(root)] if root else []), *(["--write"] if write else []),
+                  *(["--sample"] if sample else [])])
+    except FileNotFoundError as exc:
+        raise SpecError(str(exc), file="command line", key="ROOT",
+                        fix="pip install 'racksim[calibrate]', or give the folder of an "
+                            "unpacked aiconfigurator-core wheel, or validation/kernels") from None
+
+
+@app.command()
 def schema():
     """Print the JSON Schema of a scenario file (for editor completion and checking)."""
     typer.echo(json.dumps(scenario_json_schema(), indent=2))
@@ -699,6 +723,7 @@ def show_model(name: Annotated[str, typer.Argument(help="preset name or path")],
     m = load_model(name, file="command line", key="NAME")
     if as_json:   # SI numbers; `published` is the model card's, for checking
         _echo_json({**dataclasses.asdict(m), "published": m.published and m.published.model_dump(),
+                    "architecture": m.architecture and m.architecture.model_dump(),
                     "weight_bytes": m.weight_bytes, "sparsity": m.sparsity})
         return
     t = Table(title=f"{m.name}: parameter derivation", title_justify="left")

@@ -79,10 +79,12 @@ def test_fixed_interval_queue_wait_is_uniform():
 
 def test_uncontended_decode_step_is_roofline_plus_communication():
     """DeepSeek-V3 on one GB200 NVL72, EP 64, batch 256 (memory bound in every phase, every
-    expert hit): step = roofline step + per MoE layer (dispatch + combine) within 5%."""
+    expert hit): step = roofline step + per MoE layer (dispatch + combine) within 5%, under
+    the pooled op rule (the roofline's own convention)."""
     d = copy.deepcopy(BASE)
     d.update(hardware="gb200-nvl72", model="deepseek-v3", racks=1,
-             layout={"expert_parallel": 64}, engine={"attention_flops": False},
+             layout={"expert_parallel": 64},
+             engine={"attention_flops": False, "op_timing": "pooled"},
              **saturated(concurrency=256, max_batch=256, duration=0.2, warmup=0.05,
                          output=20000))
     s = scenario_from_dict(d)

@@ -300,9 +300,10 @@ def test_down_nic_in_engine_moves_its_bytes_to_the_peer_nic():
 
 def straggler_run(faults, tp=2):
     """Dense model, TP 2 on an ideal network, decode at batch 1024: compute bound (13 ms of
-    FLOPs against under 8 ms of weights and KV per step)."""
+    FLOPs against under 8 ms of weights and KV per step, the pooled rule's closed form)."""
     return scenario(faults, hardware=FAST_NET, model=TOY_DENSE, racks=1,
-                    layout={"tensor_parallel": tp}, engine={"attention_flops": False},
+                    layout={"tensor_parallel": tp},
+                    engine={"attention_flops": False, "op_timing": "pooled"},
                     **closed(1024, 1024, 0.4, output=100))
 
 
