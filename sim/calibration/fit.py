@@ -7,8 +7,8 @@ LLM, the version aiconfigurator serves as current), or the committed sample of t
 validation/kernels/ (`root` may be either: see `measured`). The model is the engine's, term
 for term (kernels.py):
 
-    t = fixed + per_row x rows + max(FLOPs / (peak[precision] x compute[precision]),
-                                     bytes / (HBM bandwidth x memory))
+    t = fixed[precision] + per_row x rows
+        + max(FLOPs / (peak[precision] x compute[precision]), bytes / (HBM bandwidth x memory))
 
 with each class's FLOPs and bytes built as the engine builds them:
 
@@ -22,10 +22,15 @@ with each class's FLOPs and bytes built as the engine builds them:
   of every expert hit) plus the activation (an elementwise kernel of 2 I 2 bytes per row).
   Tokens per expert: the row's `copies` split as evenly as possible over its `active`
   experts (the balanced routing's own split to within one token per expert).
-- attention (`attention_table`, the torch_flow backend) and mla_attention (`mla_table`):
-  rows = query tokens, FLOPs = pairs x FLOPs per pair, bytes = context tokens read x KV
-  bytes per token + rows x (Q in, O out), at the bf16 peak (the engine's attention precision:
-  the KV precision, at least BF16).
+- attention / attention_prefill (`attention_table`, the torch_flow backend, generation /
+  context rows) and mla_attention / mla_prefill (`mla_table`, generation / context rows):
+  rows = sequences (decode) or prompt tokens (prefill), FLOPs = pairs x FLOPs per pair,
+  bytes = context tokens read x KV bytes per token + rows x (Q in, O out), at the bf16 peak
+  (the engine's attention precision: the KV precision, at least BF16).
+
+`compute` and `fixed` are one figure per precision for the GEMM classes (a mapping, resolved
+as KernelClass.compute_at / fixed_at resolve it: the precision itself, else the nearest by
+width), one figure for the attention classes.
 
 Peaks are the racksim hardware file of the system when there is one (PRESETS; the engine
 multiplies the fitted efficiencies by these), else aiconfigurator's systems/<system>.yaml.
@@ -33,13 +38,16 @@ multiplies the fitted efficiencies by these), else aiconfigurator's systems/<sys
 Fit: least squares on log(predicted / measured) over the calibration rows (bounded: every
 efficiency in (0, 1], fixed and per-row costs >= 0; tile_m by grid over TILES). Rows are split
 80 / 20 into calibration and held-out by a hash of the shape (not of the precision, so one
-shape is in the same split at every precision and on every system).
+shape is in the same split at every precision and on every system; the two phases of one
+attention table share the hash, so a row is in the split it was in when one class fitted
+both).
 
-    python -m sim.calibration.fit [ROOT] [--write] [--sample]
+    python -m sim.calibration.fit [ROOT] [--write] [--sample] [--against DIR]
 
 prints the fitted parameters of each generation and their errors per class on the fit's own
 system, a second GPU of the generation and the other generation; `--write` writes
-topologies/kernels/<generation>.yaml, `--sample` the committed rows in validation/kernels/.
+topologies/kernels/<generation>.yaml, `--sample` the committed rows in validation/kernels/,
+`--against DIR` also scores DIR/<generation>.yaml (e.g. an earlier fit) on the same rows.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +63,8 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from ..spec import load_hardware
-from ..spec.hardware import GPU, KernelClass, KernelTiming
-from ..spec.precision import BYTES_PER_ELEMENT
+from ..spec.hardware import GPU, KernelTiming
+from ..spec.precision import BYTES_PER_ELEMENT, PRECISION_ORDER
 from . import aic_data
 
 FRAMEWORK = "trtllm"
@@ -70,11 +79,25 @@ DTYPE_PRECISION = {**{v: k for k, v in PRECISIONS.items()}, **UNFITTED}
 ACT = BYTES_PER_ELEMENT["bf16"]            # activations between kernels (kernels.ACT_BYTES)
 ATTENTION_PRECISION = "bf16"               # costs.py: KV precision, at least BF16
 
-CLASSES = ("gemm", "grouped_gemm", "attention", "mla_attention")
+CLASSES = ("gemm", "grouped_gemm", "attention", "attention_prefill", "mla_attention",
+           "mla_prefill")
+GEMM_CLASSES = ("gemm", "grouped_gemm")
+# each attention class: the table it is read from (aic_data) and the phase of its rows
+TABLE = {"attention": "attention", "attention_prefill": "attention",
+         "mla_attention": "mla_attention", "mla_prefill": "mla_attention"}
+PHASE = {"attention": "generation", "attention_prefill": "context",
+         "mla_attention": "generation", "mla_prefill": "context"}
+# an optional class absent from a KernelTiming runs as this one (hardware.py)
+DEFAULT = {"attention_prefill": "attention", "mla_attention": "attention",
+           "mla_prefill": "mla_attention"}
+# the keys of topologies/kernels/*.yaml, in order
+KEYS = ("gemm", "grouped_gemm", "attention", "attention_prefill", "elementwise",
+        "mla_attention", "mla_prefill")
 TILES = (1, 8, 16, 32, 64, 128)
 HELD_OUT_PERCENT = 20
+GQA_GROUP = 32   # query heads per KV head above which decode attention is reported apart
 
-# the shape a row measures (the split's key): every column but the precisions
+# the shape a row measures (the split's key, per table): every column but the precisions
 SHAPE = {
     "gemm": ("m", "n", "k"),
     "grouped_gemm": ("tokens", "hidden", "inter", "topk", "experts", "tp", "ep"),
@@ -82,9 +105,6 @@ SHAPE = {
                   "window"),
     "mla_attention": ("phase", "batch", "q_len", "kv_len", "heads"),
 }
-# what the error tables break each class down by
-SUBSET = {"gemm": "dtype", "grouped_gemm": "dtype", "attention": "phase",
-          "mla_attention": "phase"}
 
 GENERATIONS = {"hopper": "h100_sxm", "blackwell": "b200_sxm"}
 # systems each generation's fit is checked on, at their own peaks
@@ -108,9 +128,11 @@ def is_sample(root) -> bool:
 
 
 def shape_split(cls: str, df: pd.DataFrame) -> np.ndarray:
-    """'calibration' or 'held_out' per row, from a hash of the row's shape (SHAPE[cls]):
-    deterministic, the same on every system and precision, HELD_OUT_PERCENT held out."""
-    buckets = _hashes(df, SHAPE[cls], f"{cls}:") % 100
+    """'calibration' or 'held_out' per row, from a hash of the row's shape (SHAPE of the
+    class's table): deterministic, the same on every system and precision, HELD_OUT_PERCENT
+    held out. A prefill class hashes as its table (`attention_prefill` as `attention`)."""
+    table = TABLE.get(cls, cls)
+    buckets = _hashes(df, SHAPE[table], f"{table}:") % 100
     return np.where(buckets < HELD_OUT_PERCENT, "held_out", "calibration")
 
 
@@ -131,15 +153,19 @@ def measured(root, system: str, cls: str, unfitted: bool = False) -> pd.DataFram
     package): TensorRT-LLM, VERSION; gemm rows of the PRECISIONS dtypes (with
     `unfitted`: also UNFITTED ones); grouped_gemm rows `distribution == "balanced"` of the
     gated CUTLASS kernels (`moe_torch_flow_cutlass`) in the PRECISIONS dtypes; attention rows
-    of the torch_flow backend; every MLA row. From a sample folder (`is_sample`): its
-    <system>/<cls>.csv as committed."""
+    of the torch_flow backend and MLA rows, of the class's PHASE. From a sample folder
+    (`is_sample`): its <system>/<cls>.csv as committed."""
+    if cls not in CLASSES:
+        raise ValueError(f"unknown kernel class {cls!r}; one of {', '.join(CLASSES)}")
     if is_sample(root):
         f = Path(root) / system / f"{cls}.csv"
         if not f.is_file():
             raise FileNotFoundError(f"{f}: no committed {cls} rows for {system}")
         df = pd.read_csv(f)
-        if not unfitted and "dtype" in df and cls in ("gemm", "grouped_gemm"):
+        if not unfitted and cls in GEMM_CLASSES:
             df = df[df["dtype"].isin(PRECISIONS.values())]
+        if cls in PHASE:
+            df = df[df["phase"] == PHASE[cls]]
         return df.reset_index(drop=True)
     dtypes = list(PRECISIONS.values()) + (list(UNFITTED) if unfitted else [])
     if cls == "gemm":
@@ -150,13 +176,11 @@ def measured(root, system: str, cls: str, unfitted: bool = False) -> pd.DataFram
         df = df[(df["distribution"] == "balanced")
                 & (df["kernel_source"] == "moe_torch_flow_cutlass")
                 & df["dtype"].isin(PRECISIONS.values())]
-    elif cls == "attention":
-        df = aic_data.attention_table(root, system, FRAMEWORK, VERSION)
+    elif TABLE[cls] == "attention":
+        df = aic_data.attention_table(root, system, FRAMEWORK, VERSION, phase=PHASE[cls])
         df = df[df["kernel_source"] == "torch_flow"]
-    elif cls == "mla_attention":
-        df = aic_data.mla_table(root, system, FRAMEWORK, VERSION)
     else:
-        raise ValueError(f"unknown kernel class {cls!r}; one of {', '.join(CLASSES)}")
+        df = aic_data.mla_table(root, system, FRAMEWORK, VERSION, phase=PHASE[cls])
     df = df.reset_index(drop=True)
     df["split"] = shape_split(cls, df)
     return df
@@ -196,6 +220,51 @@ def origin(root) -> str:
 # --------------------------------------------------------------------------- the model
 
 
+@dataclass(frozen=True)
+class Figures:
+    """One kernel class's figures as the fit handles them (KernelClass's fields, unvalidated:
+    the fit tries many): `compute` and `fixed` one number or one per precision."""
+
+    compute: float | dict = 1.0
+    memory: float = 1.0
+    fixed: float | dict = 0.0
+    per_row: float = 0.0
+    tile_m: int = 1
+
+
+def at(value, precision: str | None) -> float:
+    """A per-precision figure at `precision`, as KernelClass.compute_at / fixed_at resolve it:
+    one number as is; else the precision's own, else the nearest precision given by width
+    (fp4 on a file fitted without it: fp8's)."""
+    if not isinstance(value, Mapping):
+        return float(value)
+    if precision in value:
+        return float(value[precision])
+    order = PRECISION_ORDER.get(precision or "", PRECISION_ORDER["bf16"])
+    return float(min(value.items(), key=lambda kv: abs(PRECISION_ORDER[kv[0]] - order))[1])
+
+
+def figures(params) -> dict[str, Figures]:
+    """Every class (KEYS) of `params` (a KernelTiming, or a mapping of class -> KernelClass,
+    Figures or their mapping): an absent optional class takes its DEFAULT's figures."""
+    if isinstance(params, KernelTiming):
+        params = params.model_dump()
+    out: dict[str, Figures] = {}
+    # the defaults first: a class's DEFAULT is filled before it
+    for key in ("gemm", "grouped_gemm", "attention", "elementwise", "mla_attention",
+                "attention_prefill", "mla_prefill"):
+        c = params.get(key) if isinstance(params, Mapping) else getattr(params, key, None)
+        if c is None:
+            out[key] = out[DEFAULT[key]] if key in DEFAULT else Figures()
+        elif isinstance(c, Figures):
+            out[key] = c
+        else:
+            c = c if isinstance(c, Mapping) else c.model_dump()
+            out[key] = Figures(**{k: c[k] for k in ("compute", "memory", "fixed", "per_row",
+                                                     "tile_m") if k in c})
+    return out
+
+
 def shapes(cls: str, df: pd.DataFrame) -> dict[str, np.ndarray]:
     """Each row as the engine's kernel inputs (kernels.py): rows, FLOPs and bytes terms and
     the racksim precision the kernel runs at."""
@@ -203,11 +272,13 @@ def shapes(cls: str, df: pd.DataFrame) -> dict[str, np.ndarray]:
            if c not in ("system", "framework", "version", "kernel_source", "dtype", "phase",
                         "kv_dtype", "distribution", "split", "gated")}
     s: dict[str, np.ndarray] = {}
-    if cls in ("gemm", "grouped_gemm"):
+    if cls in GEMM_CLASSES:
         if not df["dtype"].isin(list(DTYPE_PRECISION)).all():
             raise ValueError(f"dtypes without a racksim precision: {set(df['dtype'])}")
         s["precision"] = df["dtype"].map(DTYPE_PRECISION).to_numpy(object)
         w = np.array([BYTES_PER_ELEMENT[p] for p in s["precision"]])
+    else:
+        s["precision"] = np.full(len(df), ATTENTION_PRECISION, dtype=object)
     if cls == "gemm":
         m, n, k = col["m"], col["n"], col["k"]
         s.update(rows=m, flops_per_row=2 * n * k, weight_bytes=n * k * w,
@@ -220,14 +291,14 @@ def shapes(cls: str, df: pd.DataFrame) -> dict[str, np.ndarray]:
                  # gate_up (n = 2f, k = H), down (n = H, k = f); act 2 f values per row
                  gemm_n=np.stack([2 * f, H]), gemm_k=np.stack([H, f]), w=w,
                  act_bytes_per_row=2 * f * ACT)
-    elif cls == "attention":
+    elif TABLE.get(cls) == "attention":
         b, q, kv, w_ = col["batch"], col["q_len"], col["kv_len"], col["window"]
         h, hkv, d = col["heads"], col["kv_heads"], col["head_dim"]
         kvb = df["kv_dtype"].map(aic_data.ELEMENT_BYTES).to_numpy(float)
         s.update(rows=b * q, kv_tokens=b * aic_data.keys_touched(q, kv, w_),
                  pairs=b * aic_data.causal_pairs(q, kv, w_), kv_bytes=2 * hkv * d * kvb,
                  flops_per_pair=4 * h * d, io_bytes_per_row=2 * h * d * ACT)
-    elif cls == "mla_attention":
+    elif TABLE.get(cls) == "mla_attention":
         b, q, kv, h = col["batch"], col["q_len"], col["kv_len"], col["heads"]
         kvb = df["kv_dtype"].map(aic_data.ELEMENT_BYTES).to_numpy(float)
         pairs = b * aic_data.causal_pairs(q, kv)
@@ -240,14 +311,16 @@ def shapes(cls: str, df: pd.DataFrame) -> dict[str, np.ndarray]:
     return s
 
 
-def _rates(c: KernelClass, precision: np.ndarray, gpu: GPU) -> np.ndarray:
-    """Achieved FLOP/s per row: peak at the row's precision x the class's compute there, as
-    kernels.table computes it."""
-    out = np.empty(len(precision))
+def _per_precision(c: Figures, precision: np.ndarray, gpu: GPU) -> tuple[np.ndarray, ...]:
+    """Achieved FLOP/s and fixed cost per row, as kernels.table computes them: the peak at
+    the row's precision (or the GPU's nearest wider one) x the class's compute there, and the
+    class's fixed cost there (both resolved at the precision the GPU runs)."""
+    rate, fixed = np.empty(len(precision)), np.empty(len(precision))
     for p in set(precision):
         used, peak = gpu.flops_at(p)
-        out[precision == p] = peak * c.compute_at(used or p)
-    return out
+        rate[precision == p] = peak * at(c.compute, used or p)
+        fixed[precision == p] = at(c.fixed, used or p)
+    return rate, fixed
 
 
 def _padded(rows_per: np.ndarray, extra: np.ndarray, used: np.ndarray, tile: int):
@@ -258,32 +331,31 @@ def _padded(rows_per: np.ndarray, extra: np.ndarray, used: np.ndarray, tile: int
     return extra * pad(rows_per + 1) + (used - extra) * pad(rows_per)
 
 
-def predict(cls: str, s: Mapping[str, np.ndarray], params: KernelTiming, gpu: GPU
-            ) -> np.ndarray:
-    """Predicted seconds per row (the engine's kernel_time / grouped_time, vectorised)."""
-    c = getattr(params, cls) if cls != "mla_attention" else (params.mla_attention
-                                                            or params.attention)
+def predict(cls: str, s: Mapping[str, np.ndarray], params, gpu: GPU) -> np.ndarray:
+    """Predicted seconds per row (the engine's kernel_time / grouped_time, vectorised);
+    `params` as `figures` takes them."""
+    f = figures(params)
+    c = f[cls]
     bw = gpu.hbm_bandwidth * c.memory
+    rate, fixed = _per_precision(c, s["precision"], gpu)
     if cls == "gemm":
         padded = np.ceil(s["rows"] / c.tile_m) * c.tile_m
-        tc = padded * s["flops_per_row"] / _rates(c, s["precision"], gpu)
+        tc = padded * s["flops_per_row"] / rate
         tm = (s["weight_bytes"] + s["rows"] * s["io_bytes_per_row"]) / bw
-        return c.fixed + c.per_row * s["rows"] + np.maximum(tc, tm)
+        return fixed + c.per_row * s["rows"] + np.maximum(tc, tm)
     if cls == "grouped_gemm":
-        rate = _rates(c, s["precision"], gpu)
         padded = _padded(s["per_expert"], s["extra"], s["used"], c.tile_m)
         t = np.zeros(len(rate))
         for n, k in zip(s["gemm_n"], s["gemm_k"]):
             tc = padded * 2 * n * k / rate
             tm = (s["used"] * n * k * s["w"] + s["rows"] * (n + k) * ACT) / bw
-            t += c.fixed + c.per_row * s["rows"] + np.maximum(tc, tm)
-        e = params.elementwise
-        return t + e.fixed + e.per_row * s["rows"] + (
+            t += fixed + c.per_row * s["rows"] + np.maximum(tc, tm)
+        e = f["elementwise"]
+        return t + at(e.fixed, "bf16") + e.per_row * s["rows"] + (
             s["rows"] * s["act_bytes_per_row"] / (gpu.hbm_bandwidth * e.memory))
-    used, peak = gpu.flops_at(ATTENTION_PRECISION)
-    tc = s["pairs"] * s["flops_per_pair"] / (peak * c.compute_at(used or ATTENTION_PRECISION))
+    tc = s["pairs"] * s["flops_per_pair"] / rate
     tm = (s["kv_tokens"] * s["kv_bytes"] + s["rows"] * s["io_bytes_per_row"]) / bw
-    return c.fixed + c.per_row * s["rows"] + np.maximum(tc, tm)
+    return fixed + c.per_row * s["rows"] + np.maximum(tc, tm)
 
 
 # --------------------------------------------------------------------------- the fit
@@ -291,75 +363,96 @@ def predict(cls: str, s: Mapping[str, np.ndarray], params: KernelTiming, gpu: GP
 US, NS = 1e-6, 1e-9   # fitted units of fixed (us) and per_row (ns): well-scaled parameters
 
 
-def _class(theta: np.ndarray, precisions: list[str], tile: int) -> KernelClass:
+def _figures(theta: np.ndarray, precisions: list[str], tile: int, per_precision: bool
+             ) -> Figures:
+    """theta = compute per precision, memory, fixed (per precision if `per_precision`),
+    per_row."""
     n = len(precisions)
+    nf = n if per_precision else 1
     compute = {p: float(x) for p, x in zip(precisions, theta[:n])}
-    return KernelClass(compute=compute if n > 1 else float(theta[0]), memory=float(theta[n]),
-                       fixed=float(theta[n + 1]) * US, per_row=float(theta[n + 2]) * NS,
-                       tile_m=tile)
+    fixed = {p: float(x) * US for p, x in zip(precisions, theta[n + 1:n + 1 + nf])}
+    return Figures(compute=compute if n > 1 else float(theta[0]), memory=float(theta[n]),
+                   fixed=fixed if nf > 1 else float(theta[n + 1]) * US,
+                   per_row=float(theta[n + 1 + nf]) * NS, tile_m=tile)
 
 
-def fit_class(cls: str, df: pd.DataFrame, gpu: GPU, elementwise: KernelClass | None = None,
+def fit_class(cls: str, df: pd.DataFrame, gpu: GPU, elementwise: Figures | None = None,
               tiles: tuple[int, ...] | None = None, loss: str = "linear",
-              f_scale: float = 1.0) -> tuple[KernelClass, float]:
-    """Fit one class on `df` (every row given is used): (parameters, RMS of
-    log(predicted / measured)). compute is one figure per precision present (GEMM classes),
-    one for attention; tile_m by grid (TILES for the GEMM classes, 1 for attention, whose
-    FLOPs count pairs, not padded rows); grouped_gemm needs the `elementwise` class its
-    activation kernel runs at. Each tile is fitted from two starts (the optimum found was the
-    same from 54 starts on the full data); `loss` / `f_scale` as scipy's least_squares
-    ("linear": least squares, the fit used; "soft_l1" a robust variant, for comparison)."""
+              f_scale: float = 1.0, per_precision_fixed: bool = True
+              ) -> tuple[Figures, float]:
+    """Fit one class on `df` (every row given is used): (figures, RMS of
+    log(predicted / measured)). GEMM classes: compute and (`per_precision_fixed`) fixed one
+    figure per precision present; attention classes: one of each; tile_m by grid (TILES for
+    the GEMM classes, 1 for attention, whose FLOPs count pairs, not padded rows);
+    grouped_gemm needs the `elementwise` figures its activation kernel runs at. Each tile is
+    fitted from three starts, one of them at low compute (on the full data: the optimum of
+    every class the same as from 12 starts, compute 0.01-0.9 x memory 0.3-0.9);
+    `loss` / `f_scale` as scipy's least_squares ("linear": least squares, the fit used;
+    "soft_l1" a robust variant, for comparison)."""
     if df.empty:
         raise ValueError(f"no rows to fit {cls} on")
     s = shapes(cls, df)
-    y = np.log(df["latency_s"].to_numpy(float))
-    gemmlike = cls in ("gemm", "grouped_gemm")
+    lat = df["latency_s"].to_numpy(float)
+    y = np.log(lat)
+    gemmlike = cls in GEMM_CLASSES
     precisions = [p for p in PRECISIONS if gemmlike and (s["precision"] == p).any()] or [
         ATTENTION_PRECISION]
     n = len(precisions)
+    nf = n if per_precision_fixed else 1
     tiles = tiles or (TILES if gemmlike else (1,))
-    floor = float(np.exp(y.min())) / US
-    lo = np.r_[np.full(n + 1, 1e-3), 0.0, 0.0]
-    hi = np.r_[np.ones(n + 1), 1e3, 1e4]
-    starts = [np.r_[np.full(n, 0.6), 0.7, 0.5 * floor, 1.0],
-              np.r_[np.full(n, 0.9), 0.9, 0.9 * floor, 0.0]]
+    # each fixed cost's scale and start: the fastest row of its precision(s)
+    floors = (np.array([lat[s["precision"] == p].min() for p in precisions]) if nf > 1
+              else np.array([lat.min()])) / US
+    lo = np.r_[np.full(n + 1, 1e-3), np.zeros(nf), 0.0]
+    hi = np.r_[np.ones(n + 1), np.full(nf, 1e3), 1e4]
+    # a start at which no row is compute-bound has no gradient in compute: the low-compute
+    # start reaches the optima the others cannot (decode attention: 0.02, not 0.6)
+    starts = [np.r_[np.full(n, 0.6), 0.7, 0.5 * floors, 1.0],
+              np.r_[np.full(n, 0.9), 0.9, 0.9 * floors, 0.0],
+              np.r_[np.full(n, 0.03), 0.7, 0.5 * floors, 1.0]]
+    others = figures({"elementwise": elementwise or Figures()})
     best = None
     for tile in tiles:
         for x0 in starts:
             def residual(theta, tile=tile):
-                c = _class(theta, precisions, tile)
-                timing = _timing(cls, c, elementwise)
-                return np.log(predict(cls, s, timing, gpu)) - y
+                c = _figures(theta, precisions, tile, nf > 1)
+                return np.log(predict(cls, s, {**others, cls: c}, gpu)) - y
 
             r = least_squares(residual, np.clip(x0, lo, hi), bounds=(lo, hi),
-                              x_scale=np.r_[np.full(n + 1, 0.1), max(floor, 1.0), 10.0],
+                              x_scale=np.r_[np.full(n + 1, 0.1), np.maximum(floors, 1.0),
+                                            10.0],
                               loss=loss, f_scale=f_scale)
             if best is None or r.cost < best[0] - 1e-12:
-                best = (float(r.cost), _class(r.x, precisions, tile),
+                best = (float(r.cost), _figures(r.x, precisions, tile, nf > 1),
                         float(np.sqrt(np.mean(r.fun ** 2))))
     return best[1], best[2]
 
 
-def _timing(cls: str, c: KernelClass, elementwise: KernelClass | None = None) -> KernelTiming:
-    return KernelTiming(**{cls: c}, elementwise=elementwise or KernelClass())
-
-
-def elementwise_class(gemm: KernelClass) -> KernelClass:
+def elementwise_class(gemm: Figures) -> Figures:
     """The elementwise class, never measured alone: bandwidth-bound at the GEMMs' memory
     efficiency, no fixed or per-row cost (in the fused MoE its fixed cost cannot be told
     apart from the grouped GEMMs', which carry it)."""
-    return KernelClass(compute=1.0, memory=gemm.memory, fixed=0.0, per_row=0.0, tile_m=1)
+    return Figures(compute=1.0, memory=gemm.memory, fixed=0.0, per_row=0.0, tile_m=1)
 
 
-def _rounded(c: KernelClass) -> dict:
+def _sig(x: float, zero: float = 1e-15) -> float:
+    """3 significant figures; below `zero` (far below any time the engine resolves) 0."""
+    return float(f"{x:.3g}") if abs(x) >= zero else 0.0
+
+
+def _rounded(c: Figures) -> dict:
     """A class as the YAML holds it: efficiencies to 3 decimals, times to 3 significant
     figures (what the engine then uses, and what `evaluate` scores)."""
-    def sig(x):
-        return float(f"{x:.3g}")
-    compute = ({p: round(v, 3) for p, v in c.compute.items()} if isinstance(c.compute, dict)
-               else round(c.compute, 3))
-    return {"compute": compute, "memory": round(c.memory, 3), "fixed": sig(c.fixed),
-            "per_row": sig(c.per_row), "tile_m": c.tile_m}
+    def each(v, f):
+        return {p: f(x) for p, x in v.items()} if isinstance(v, Mapping) else f(v)
+    return {"compute": each(c.compute, lambda x: round(x, 3)), "memory": round(c.memory, 3),
+            "fixed": each(c.fixed, _sig), "per_row": _sig(c.per_row), "tile_m": c.tile_m}
+
+
+TABLES = {"gemm": "gemm_perf", "grouped_gemm": "moe_perf balanced moe_torch_flow_cutlass",
+          "attention": "generation_attention_perf torch_flow",
+          "attention_prefill": "context_attention_perf torch_flow",
+          "mla_attention": "generation_mla_perf", "mla_prefill": "context_mla_perf"}
 
 
 def fit_generation(root, system: str) -> dict:
@@ -368,28 +461,25 @@ def fit_generation(root, system: str) -> dict:
     gpu = gpu_of(root, system)
     out: dict = {}
     used = []
-    tables = {"gemm": "gemm_perf", "grouped_gemm": "moe_perf balanced moe_torch_flow_cutlass",
-              "attention": "context/generation_attention_perf torch_flow",
-              "mla_attention": "context/generation_mla_perf"}
     for cls in CLASSES:
         df = measured(root, system, cls)
         cal = df[df["split"] == "calibration"]
-        ew = KernelClass(**out["elementwise"]) if cls == "grouped_gemm" else None
+        ew = Figures(**out["elementwise"]) if cls == "grouped_gemm" else None
         out[cls] = _rounded(fit_class(cls, cal, gpu, elementwise=ew)[0])
         if cls == "gemm":
-            out["elementwise"] = _rounded(elementwise_class(KernelClass(**out["gemm"])))
+            out["elementwise"] = _rounded(elementwise_class(Figures(**out["gemm"])))
         versions = "/".join(sorted(set(df["version"].astype(str))))
-        dtypes = ",".join(sorted(set(df["dtype"])))
-        used.append(f"{cls}: {tables[cls]} {versions} ({dtypes}) {len(cal)} calibration + "
-                    f"{len(df) - len(cal)} held-out rows")
+        dtypes = ",".join(sorted(set(df["kv_dtype" if cls in PHASE else "dtype"])))
+        what = " KV" if cls in PHASE else ""
+        used.append(f"{cls}: {TABLES[cls]} {versions} ({dtypes}{what}) {len(cal)} "
+                    f"calibration + {len(df) - len(cal)} held-out rows")
     source = (f"{origin(root)}, system {system}, "
               f"framework {FRAMEWORK}; " + "; ".join(used) + f"; peaks of "
               f"{PRESETS.get(system, system)}; fit: sim.calibration.fit, least squares on "
               "log(predicted/measured), 80/20 calibration/held-out split by shape hash, "
-              "tile_m by grid; elementwise not measured: GEMM memory efficiency, no fixed "
-              "cost")
-    ordered = {"source": source, **{k: out[k] for k in ("gemm", "grouped_gemm", "attention",
-                                                          "elementwise", "mla_attention")}}
+              "tile_m by grid, GEMM compute and fixed per precision, attention per phase; "
+              "elementwise not measured: GEMM memory efficiency, no fixed cost")
+    ordered = {"source": source, **{k: out[k] for k in KEYS}}
     KernelTiming.model_validate(ordered)
     return ordered
 
@@ -399,9 +489,7 @@ def fit_generation(root, system: str) -> dict:
 
 def errors(params, df: pd.DataFrame, cls: str, gpu: GPU) -> np.ndarray:
     """predicted / measured - 1 per row of `df`."""
-    timing = params if isinstance(params, KernelTiming) else KernelTiming.model_validate(
-        params)
-    return predict(cls, shapes(cls, df), timing, gpu) / df["latency_s"].to_numpy(float) - 1
+    return predict(cls, shapes(cls, df), params, gpu) / df["latency_s"].to_numpy(float) - 1
 
 
 def _summary(e: np.ndarray) -> dict:
@@ -412,20 +500,34 @@ def _summary(e: np.ndarray) -> dict:
             "bias": float(np.median(e))}
 
 
+def subsets(cls: str, df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """What the error tables break a class's rows down by: GEMM classes by dtype (the
+    unfitted ones marked); decode attention by KV dtype and by query heads per KV head (up
+    to / above GQA_GROUP); the other attention classes by KV dtype."""
+    if cls in GEMM_CLASSES:
+        return [(f"{k} (not fitted)" if k in UNFITTED else str(k), x)
+                for k, x in df.groupby("dtype")]
+    out = [(f"{k} KV", x) for k, x in df.groupby("kv_dtype")]
+    if cls == "attention":
+        wide = df["heads"] / df["kv_heads"] > GQA_GROUP
+        out += [(f"heads/kv_heads <= {GQA_GROUP}", df[~wide]),
+                (f"heads/kv_heads > {GQA_GROUP}", df[wide])]
+    return out
+
+
 def evaluate(params, root, system: str) -> pd.DataFrame:
     """Errors of `params` (a KernelTiming or its mapping) on `system`'s rows, scaled by the
-    system's own peaks: per class and subset (`all`, then each precision or phase; gemm also
-    the unfitted fp8_block, marked), calibration and held-out rows, the median and 90th
-    percentile of |predicted / measured - 1| and the median signed error (bias)."""
+    system's own peaks: per class and subset (`all`, then `subsets`; gemm also the unfitted
+    fp8_block, marked), calibration and held-out rows, the median and 90th percentile of
+    |predicted / measured - 1| and the median signed error (bias)."""
     gpu = gpu_of(root, system)
+    f = figures(params)
     rows = []
     for cls in CLASSES:
         df = measured(root, system, cls, unfitted=True)
-        df = df.assign(error=errors(params, df, cls, gpu))
-        groups = [("all", df[~df["dtype"].isin(UNFITTED)])] + [
-            (f"{k} (not fitted)" if k in UNFITTED else str(k), x)
-            for k, x in df.groupby(SUBSET[cls])]
-        for name, x in groups:
+        df = df.assign(error=errors(f, df, cls, gpu))
+        fitted = df[~df["dtype"].isin(UNFITTED)] if cls in GEMM_CLASSES else df
+        for name, x in [("all", fitted), *subsets(cls, df)]:
             row = {"system": system, "class": cls, "subset": name}
             for split, prefix in (("calibration", "cal"), ("held_out", "held")):
                 for k, v in _summary(x.loc[x["split"] == split, "error"].to_numpy()).items():
@@ -435,22 +537,22 @@ def evaluate(params, root, system: str) -> pd.DataFrame:
 
 
 def diagnostics(root, system: str, params) -> pd.DataFrame:
-    """What one parameter set per class gives up: each class refitted on each subset alone
-    (GEMM classes per precision: its own fixed cost; attention classes per phase), with the
-    subset fit's parameters and its held-out median |error| on its own subset and on the
-    class's other subsets."""
+    """What one parameter set per class gives up: each class refitted on each of its
+    `subsets` alone (GEMM classes per precision, with its own compute and fixed; attention
+    per KV dtype, decode also per heads / kv_heads), with the subset fit's parameters and
+    its held-out median |error| on its own subset and on the class's other subsets."""
     gpu = gpu_of(root, system)
-    timing = KernelTiming.model_validate(params)
+    f = figures(params)
     out = []
     for cls in CLASSES:
         df = measured(root, system, cls, unfitted=True)
-        ew = timing.elementwise if cls == "grouped_gemm" else None
-        for name, x in df.groupby(SUBSET[cls]):
-            c, _ = fit_class(cls, x[x["split"] == "calibration"], gpu, elementwise=ew)
-            t = KernelTiming(**{**timing.model_dump(), cls: c.model_dump()})
-            row = {"system": system, "class": cls, "fitted on": str(name),
-                   **{k: v for k, v in _rounded(c).items()}}
-            for other, y in df.groupby(SUBSET[cls]):
+        parts = subsets(cls, df)
+        for name, x in parts:
+            c, _ = fit_class(cls, x[x["split"] == "calibration"], gpu,
+                             elementwise=f["elementwise"])
+            t = {**f, cls: c}
+            row = {"system": system, "class": cls, "fitted on": name, **_rounded(c)}
+            for other, y in parts:
                 h = y[y["split"] == "held_out"]
                 row[f"held median on {other}"] = _summary(errors(t, h, cls, gpu))["median"]
             out.append(row)
@@ -482,6 +584,54 @@ def _fmt(x) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
+def _num(x: float) -> str:
+    """A number as YAML 1.1 (PyYAML) reads back as a float: 1e-05 would be a string."""
+    s = repr(float(x))
+    if "e" in s and "." not in s.split("e")[0]:
+        s = s.replace("e", ".0e")
+    return s
+
+
+WHAT = {
+    "gemm": "dense GEMM (a TRT-LLM Linear; fp8 and nvfp4 include quantizing the input)",
+    "grouped_gemm": "routed experts: each of the 2 grouped GEMMs of a fused MoE layer "
+                    "(routing, permute, finalize ride on fixed and per_row)",
+    "attention": "GQA/MHA decode attention op (XQA): one query token per sequence",
+    "attention_prefill": "GQA/MHA context attention op (FMHA): a step's prompt tokens",
+    "elementwise": "norms, activations: not measured alone, an assumption",
+    "mla_attention": "DeepSeek-V3 MLA decode attention op (absorbed)",
+    "mla_prefill": "DeepSeek-V3 MLA context attention op (up-projected)",
+}
+_GEMM_NOTES = {
+    "compute": "achieved / peak FLOP/s at each precision",
+    "memory": "achieved / peak HBM bandwidth",
+    "fixed": "seconds per kernel at each precision",
+    "per_row": "seconds per row of M",
+    "tile_m": "M is computed in tiles of this many rows",
+}
+_DECODE_NOTES = {
+    "compute": "achieved / BF16 peak FLOP/s (the engine's attention rate)",
+    "memory": "achieved / peak HBM bandwidth (KV read)",
+    "fixed": "seconds per kernel",
+    "per_row": "seconds per sequence",
+    "tile_m": "unused: attention FLOPs count pairs, not padded rows",
+}
+NOTES = {
+    "gemm": _GEMM_NOTES,
+    "grouped_gemm": {**_GEMM_NOTES,
+                     "fixed": "seconds per grouped GEMM at each precision (2 per MoE layer)",
+                     "per_row": "seconds per routed token copy, per grouped GEMM",
+                     "tile_m": "each expert's tokens are computed in tiles of this many"},
+    "attention": _DECODE_NOTES,
+    "attention_prefill": {**_DECODE_NOTES, "per_row": "seconds per prompt token"},
+    "elementwise": {"compute": "unused: no FLOPs", "memory": "assumption: the GEMMs'",
+                    "fixed": "assumption: none (not identifiable in the fused MoE)",
+                    "per_row": "assumption: none", "tile_m": "unused"},
+    "mla_attention": _DECODE_NOTES,
+    "mla_prefill": {**_DECODE_NOTES, "per_row": "seconds per prompt token"},
+}
+
+
 def kernel_yaml(generation: str, params: Mapping, tables: Mapping[str, pd.DataFrame]) -> str:
     """topologies/kernels/<generation>.yaml: a header with the held-out errors per system
     (`tables`: evaluate's, the fit's own system first), then each class, every figure
@@ -494,7 +644,10 @@ def kernel_yaml(generation: str, params: Mapping, tables: Mapping[str, pd.DataFr
              f"sim/engine/kernels.py fitted on {system}",
              "# (`python -m sim.calibration.fit ROOT --write`; docs/kernel-model.md). "
              "Efficiencies are fractions",
-             "# of the hardware file's peaks; times in seconds.", "#",
+             "# of the hardware file's peaks; times in seconds. attention and mla_attention "
+             "are decode kernels",
+             "# (rows: sequences), attention_prefill and mla_prefill context kernels (rows: "
+             "prompt tokens).", "#",
              "# Held-out |predicted/measured - 1| per class, median/p90, each system at its "
              "own peaks:"]
     for s, t in tables.items():
@@ -503,71 +656,48 @@ def kernel_yaml(generation: str, params: Mapping, tables: Mapping[str, pd.DataFr
                          for c in CLASSES)
         lines.append(f"#   {s} ({roles[s]}): {cells}")
     own = tables[system]
-    parts = []
+    lines.append(f"# Held-out median (signed) by subset on {system}:")
     for cls in CLASSES:
         x = own[(own["class"] == cls) & (own["subset"] != "all")]
-        parts.append(f"{cls} " + ", ".join(f"{r.subset} {_fmt(r.held_median)}"
-                                           for r in x.itertuples()))
-    lines.append(f"# Held-out median by subset on {system}:")
-    lines += [f"#   {p}" for p in parts]
+        lines.append(f"#   {cls}: " + ", ".join(
+            f"{r.subset} {_fmt(r.held_median)} ({r.held_bias:+.2f})" for r in x.itertuples()))
     lines.append("source: " + yaml.safe_dump(params["source"], width=10 ** 6,
                                              default_style='"').strip())
-    what = {
-        "gemm": "dense GEMM (a TRT-LLM Linear; fp8 and nvfp4 include quantizing the input)",
-        "grouped_gemm": "routed experts: each of the 2 grouped GEMMs of a fused MoE layer "
-                        "(routing, permute, finalize ride on fixed and per_row)",
-        "attention": "GQA/MHA attention op: context (FMHA) and decode (XQA), one set for both",
-        "elementwise": "norms, activations: not measured alone, an assumption",
-        "mla_attention": "DeepSeek-V3 MLA attention op: context and absorbed decode",
-    }
-    gemm_notes = {
-        "compute": "achieved / peak FLOP/s at each precision",
-        "memory": "achieved / peak HBM bandwidth",
-        "fixed": "seconds per kernel (one for every precision: docs)",
-        "per_row": "seconds per row of M",
-        "tile_m": "M is computed in tiles of this many rows",
-    }
-    attention_notes = {
-        "compute": "achieved / BF16 peak FLOP/s (the engine's attention rate)",
-        "memory": "achieved / peak HBM bandwidth (KV read)",
-        "fixed": "seconds per kernel",
-        "per_row": "seconds per query token (decode: per sequence)",
-        "tile_m": "unused: attention FLOPs count pairs, not padded rows",
-    }
-    notes = {
-        "gemm": gemm_notes,
-        "grouped_gemm": {**gemm_notes, "fixed": "seconds per grouped GEMM (2 per MoE layer)",
-                         "per_row": "seconds per routed token copy, per grouped GEMM",
-                         "tile_m": "each expert's tokens are computed in tiles of this many"},
-        "attention": attention_notes,
-        "elementwise": {"compute": "unused: no FLOPs", "memory": "assumption: the GEMMs'",
-                        "fixed": "assumption: none (not identifiable in the fused MoE)",
-                        "per_row": "assumption: none", "tile_m": "unused"},
-        "mla_attention": attention_notes,
-    }
     body = []
-    for cls in ("gemm", "grouped_gemm", "attention", "elementwise", "mla_attention"):
-        body.append((f"{cls}:", what[cls]))
+    for cls in KEYS:
+        body.append((f"{cls}:", WHAT[cls]))
         for k, v in params[cls].items():
-            if isinstance(v, dict):
-                v = "{" + ", ".join(f"{p}: {x}" for p, x in v.items()) + "}"
-            body.append((f"  {k}: {v}", notes[cls][k]))
+            if isinstance(v, Mapping):
+                v = "{" + ", ".join(f"{p}: {_num(x) if k == 'fixed' else x}"
+                                    for p, x in v.items()) + "}"
+            elif k in ("fixed", "per_row"):
+                v = _num(v)
+            body.append((f"  {k}: {v}", NOTES[cls][k]))
     width = max(len(text) for text, _ in body) + 2
     lines += [f"{text:<{width}}# {note}" for text, note in body]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    back = yaml.safe_load(text)
+    if {k: back[k] for k in KEYS} != {k: params[k] for k in KEYS}:
+        raise AssertionError("the YAML does not read back as the fitted figures")
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m sim.calibration.fit [ROOT] [--write] [--sample]`."""
+    """`python -m sim.calibration.fit [ROOT] [--write] [--sample] [--against DIR]`."""
     import sys
 
     import yaml
 
     args = sys.argv[1:] if argv is None else argv
     write, make_sample = "--write" in args, "--sample" in args
+    against = None
+    if "--against" in args:
+        i = args.index("--against")
+        against = Path(args[i + 1])
+        args = args[:i] + args[i + 2:]
     paths = [a for a in args if not a.startswith("--")]
     root = paths[0] if paths else None
-    pd.set_option("display.width", 200, "display.max_columns", 30, "display.precision", 3)
+    pd.set_option("display.width", 250, "display.max_columns", 30, "display.precision", 3)
     if (write or make_sample) and is_sample(root):
         raise SystemExit("--write and --sample read the package, not the committed sample")
     for gen, system in GENERATIONS.items():
@@ -578,6 +708,10 @@ def main(argv: list[str] | None = None) -> None:
         for s, t in tables.items():
             print(f"\n### {gen} on {s}\n")
             print(t.drop(columns=["system"]).to_string(index=False))
+            if against is not None:
+                old = yaml.safe_load((against / f"{gen}.yaml").read_text())
+                print(f"\n### {against / gen}.yaml on {s}\n")
+                print(evaluate(old, root, s).drop(columns=["system"]).to_string(index=False))
         print(f"\n### {gen}: one class refitted per subset, on {system}\n")
         print(diagnostics(root, system, params).to_string(index=False))
         if write:
