@@ -63,8 +63,8 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from ..spec import load_hardware
-from ..spec.hardware import GPU, KernelTiming
-from ..spec.precision import BYTES_PER_ELEMENT, PRECISION_ORDER
+from ..spec.hardware import GPU, KernelTiming, at_precision
+from ..spec.precision import BYTES_PER_ELEMENT
 from . import aic_data
 
 FRAMEWORK = "trtllm"
@@ -236,12 +236,7 @@ def at(value, precision: str | None) -> float:
     """A per-precision figure at `precision`, as KernelClass.compute_at / fixed_at resolve it:
     one number as is; else the precision's own, else the nearest precision given by width
     (fp4 on a file fitted without it: fp8's)."""
-    if not isinstance(value, Mapping):
-        return float(value)
-    if precision in value:
-        return float(value[precision])
-    order = PRECISION_ORDER.get(precision or "", PRECISION_ORDER["bf16"])
-    return float(min(value.items(), key=lambda kv: abs(PRECISION_ORDER[kv[0]] - order))[1])
+    return at_precision(value, precision)
 
 
 def figures(params) -> dict[str, Figures]:

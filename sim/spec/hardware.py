@@ -5,6 +5,7 @@ The format is documented in docs/presets.md; figures live in topologies/*.yaml w
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -74,16 +75,16 @@ class KernelClass(Spec):
     tile_m: PositiveInt = Field(1, description="M is computed in tiles of this many rows")
 
     def compute_at(self, precision: str | None) -> float:
-        return _at(self.compute, precision)
+        return at_precision(self.compute, precision)
 
     def fixed_at(self, precision: str | None) -> float:
-        return _at(self.fixed, precision)
+        return at_precision(self.fixed, precision)
 
 
-def _at(value, precision: str | None) -> float:
+def at_precision(value, precision: str | None) -> float:
     """A figure given once or per precision, at `precision`: its own, else the nearest given
     by width (fp4 weights on an fp8-only GPU take fp8's)."""
-    if not isinstance(value, dict):
+    if not isinstance(value, Mapping):
         return float(value)
     if precision in value:
         return float(value[precision])
