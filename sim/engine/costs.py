@@ -379,3 +379,11 @@ def split_tokens(total: int, parts: int) -> np.ndarray:
     out = np.full(parts, base, dtype=np.int64)
     out[:extra] += 1
     return out
+
+
+def split_per_rank(rank_tokens: np.ndarray, parts: int) -> np.ndarray:
+    """Each rank's tokens spread over its `parts` GPUs as `split_tokens` spreads them, for
+    every rank at once (ranks in order, their GPUs consecutive)."""
+    r = np.asarray(rank_tokens).astype(np.int64)
+    base, extra = np.divmod(r, parts)
+    return (base[:, None] + (np.arange(parts)[None, :] < extra[:, None])).ravel()

@@ -37,7 +37,7 @@ from ..spec.workload import (DEFAULT_CHUNK_TOKENS, QUEUE_BATCHES, Closed, Fixed,
 from . import collectives as coll
 from .costs import (draw_routing, dispatch_matrix, expert_popularity, layer_costs,
                     moe_layer_flags, physical_popularity, routing_hits, routing_table,
-                    split_tokens)
+                    split_per_rank, split_tokens)
 from .faults import FaultInjector, FaultLog, Unroutable
 from .kernels import StepWork
 from .network import Network, TrainShape
@@ -739,8 +739,7 @@ class Simulation:
             if plan.rank_work is not None:   # attention DP: whole sequences on each rank
                 work = StepWork(*(np.repeat(x, c.tp) for x in plan.rank_work))
                 group_tokens = work.tokens
-                gpu_tokens = np.concatenate([split_tokens(int(x), c.tp)
-                                             for x in plan.rank_work[0]])
+                gpu_tokens = split_per_rank(plan.rank_work[0], c.tp)
             else:
                 group_tokens = np.repeat(split_tokens(plan.tokens, c.ep), c.tp).astype(float)
                 share = group_tokens / max(plan.tokens, 1)
