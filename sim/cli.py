@@ -606,6 +606,10 @@ def validate(
         "--op-timing", help="run the scenario cases with this engine.op_timing: analytical "
                             "(per-kernel sum) or pooled (today's default); default: each "
                             "scenario file's own")] = None,
+    kernels: Annotated[Optional[str], typer.Option(
+        "--kernels", help="run the scenario cases with this kernel timing "
+                          "(topologies/kernels/NAME.yaml) in place of their hardware file's: "
+                          "e.g. hopper on Blackwell rows, leave one generation out")] = None,
 ):
     """Run every published case (validation/*_cases.csv, e2e_published.csv) and report
     predicted vs published."""
@@ -630,7 +634,7 @@ def validate(
         task = bar.add_task("validating", total=None)
         report = val.validate(folder, only=("exchange", "kernel") if fast else None,
                               progress=lambda cid: bar.update(task, description=cid),
-                              op_timing=op_timing)
+                              op_timing=op_timing, kernels=kernels)
     if plot_file is not None:
         val.plot(report, plot_file)
     if as_json:
@@ -678,6 +682,8 @@ def validate(
             out.print(n)
         if op_timing is not None:
             out.print(f"scenario cases run with engine.op_timing: {op_timing}")
+        if kernels is not None:
+            out.print(f"scenario cases run with kernel timing: {kernels}")
         if plot_file is not None:
             out.print(f"plot written to {plot_file}")
     if gate and not report.within_target:

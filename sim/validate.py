@@ -250,12 +250,16 @@ def per_divisor(per: str, gpus: int, gpus_per_rack: int) -> float:
     raise SpecError(f"unknown per {per!r}", fix=f"use one of {', '.join(PER)}")
 
 
-def _scenario(case: dict, directory: Path, op_timing: str | None = None) -> float:
+def _scenario(case: dict, directory: Path, op_timing: str | None = None,
+              kernels: str | None = None) -> float:
     """A whole scenario through the engine; the measure per `case["per"]` (default: per node
-    of `gpus_per_rack` GPUs). `op_timing` overrides the scenario's engine.op_timing."""
+    of `gpus_per_rack` GPUs). `op_timing` overrides the scenario's engine.op_timing,
+    `kernels` its hardware's efficiency.kernels (leave one generation out)."""
     from . import api  # noqa: PLC0415  (the engine only when a scenario case runs)
 
     overrides = {"engine.op_timing": op_timing} if op_timing else {}
+    if kernels:
+        overrides["hardware.efficiency.kernels"] = kernels
     sc = api.load(directory / case["scenario"], **overrides)
     run = api.simulate(sc)
     div = per_divisor(case.get("per", "node"), sc.layout.total_gpus, sc.hardware.gpus_per_rack)
@@ -289,7 +293,7 @@ def steady_rate(steps, warmup: float, measure: str) -> float:
 
 
 def predict(case: dict, directory: Path, overrides: dict[str, float] | None = None,
-            op_timing: str | None = None) -> float:
+            op_timing: str | None = None, kernels: str | None = None) -> float:
     """Prediction for one case in SI units. `op_timing` (analytical | pooled) overrides a
     scenario case's engine.op_timing; None keeps the scenario file's (pooled by default)."""
     kind = case["run"]
@@ -299,7 +303,7 @@ def predict(case: dict, directory: Path, overrides: dict[str, float] | None = No
             raise SpecError("a scenario case cannot calibrate a parameter",
                             file=str(directory / "calibration.yaml"),
                             fix="calibrate from exchange or kernel cases")
-        return _scenario(case, directory, op_timing)
+        return _scenario(case, directory, op_timing, kernels)
     hw = _hardware(case["hardware"], directory, overrides)
     if kind == "exchange":
         return _exchange(case, hw)
@@ -392,9 +396,10 @@ def case_generation(case: dict, directory: Path, gens: dict[str, dict]) -> str:
 
 def validate(directory: Path = VALIDATION_DIR, only: Iterable[str] | None = None,
              progress: Callable[[str], None] | None = None,
-             op_timing: str | None = None) -> Report:
+             op_timing: str | None = None, kernels: str | None = None) -> Report:
     """Every published row through its case (`only`: these run kinds). `op_timing`
-    (analytical | pooled) runs the scenario cases with that engine.op_timing."""
+    (analytical | pooled) runs the scenario cases with that engine.op_timing, `kernels` with
+    that kernel timing file in place of their hardware's (leave one generation out)."""
     rows = read_rows(directory)
     cases = read_cases(directory)
     gens = read_calibration(directory)
@@ -424,7 +429,7 @@ def validate(directory: Path = VALIDATION_DIR, only: Iterable[str] | None = None
             continue
         if progress:
             progress(r.id)
-        value = predict(case, directory, op_timing=op_timing) / UNITS[r.unit]
+        value = predict(case, directory, op_timing=op_timing, kernels=kernels) / UNITS[r.unit]
         g = case_generation(case, directory, gens)
         outcomes.append(Outcome(r, value, r.id in calib.get(g, set()),
                                 case.get("assume", ""), g))

@@ -25,17 +25,20 @@ with each class's FLOPs and bytes built as the engine builds them:
 - attention / attention_prefill (`attention_table`, the torch_flow backend, generation /
   context rows) and mla_attention / mla_prefill (`mla_table`, generation / context rows):
   rows = sequences (decode) or prompt tokens (prefill), FLOPs = pairs x FLOPs per pair,
-  bytes = context tokens read x KV bytes per token + rows x (Q in, O out), at the bf16 peak
-  (the engine's attention precision: the KV precision, at least BF16).
+  bytes = context tokens read x KV bytes per token + rows x (Q in, O out), at the peak of the
+  KV cache's precision (bf16 / fp8: the engine's, for a fitted class). Decode attention is
+  fitted on the rows with at most GQA_GROUP query heads per KV head (XQA's range).
 
-`compute` and `fixed` are one figure per precision for the GEMM classes (a mapping, resolved
-as KernelClass.compute_at / fixed_at resolve it: the precision itself, else the nearest by
-width), one figure for the attention classes.
+`compute` is one figure per precision (a mapping, resolved as KernelClass.compute_at
+resolves it: the precision itself, else the nearest by width): the weights' precision for the
+GEMM classes, the KV cache's for the attention classes; `fixed` one per precision for the
+GEMM classes, one figure for the attention classes.
 
 Peaks are the racksim hardware file of the system when there is one (PRESETS; the engine
 multiplies the fitted efficiencies by these), else aiconfigurator's systems/<system>.yaml.
 
-Fit: least squares on log(predicted / measured) over the calibration rows (bounded: every
+Fit: robust least squares (soft_l1, scale 0.1: LOSS, F_SCALE) on log(predicted / measured)
+over the calibration rows (bounded: every
 efficiency in (0, 1], fixed and per-row costs >= 0; tile_m by grid over TILES). Rows are split
 80 / 20 into calibration and held-out by a hash of the shape (not of the precision, so one
 shape is in the same split at every precision and on every system; the two phases of one
@@ -43,6 +46,7 @@ attention table share the hash, so a row is in the split it was in when one clas
 both).
 
     python -m sim.calibration.fit [ROOT] [--write] [--sample] [--against DIR]
+                                  [--generation hopper|blackwell]
 
 prints the fitted parameters of each generation and their errors per class on the fit's own
 system, a second GPU of the generation and the other generation; `--write` writes
@@ -77,7 +81,9 @@ PRECISIONS = {"bf16": "bfloat16", "fp8": "fp8", "fp4": "nvfp4"}
 UNFITTED = {"fp8_block": "fp8"}
 DTYPE_PRECISION = {**{v: k for k, v in PRECISIONS.items()}, **UNFITTED}
 ACT = BYTES_PER_ELEMENT["bf16"]            # activations between kernels (kernels.ACT_BYTES)
-ATTENTION_PRECISION = "bf16"               # costs.py: KV precision, at least BF16
+# attention kernels run at their KV cache's precision (costs.py: one compute figure per KV
+# precision, as serving kernels read an FP8 cache with FP8 math where they can)
+KV_PRECISION = {"bfloat16": "bf16", "float16": "bf16", "fp8": "fp8"}
 
 CLASSES = ("gemm", "grouped_gemm", "attention", "attention_prefill", "mla_attention",
            "mla_prefill")
@@ -95,7 +101,15 @@ KEYS = ("gemm", "grouped_gemm", "attention", "attention_prefill", "elementwise",
         "mla_attention", "mla_prefill")
 TILES = (1, 8, 16, 32, 64, 128)
 HELD_OUT_PERCENT = 20
-GQA_GROUP = 32   # query heads per KV head above which decode attention is reported apart
+# query heads per KV head above which decode attention is another kernel: TRT-LLM's XQA
+# serves groups up to 32; wider groups run a fallback 10-20x slower (h100_sxm, 64 sequences
+# of 2,048 tokens, 1 KV head: 47 us at 32 query heads, 651 us at 64). Decode attention is
+# fitted on the rows up to it and the wider rows are reported apart.
+GQA_GROUP = 32
+# the fit's loss: soft_l1 with a scale of 0.1 in log(predicted / measured) treats residuals
+# beyond ~10% as linear, not squared (least squares left the grouped GEMMs and decode
+# attention 15-36% slow on their held-out rows: docs/kernel-model.md)
+LOSS, F_SCALE = "soft_l1", 0.1
 
 # the shape a row measures (the split's key, per table): every column but the precisions
 SHAPE = {
@@ -273,7 +287,7 @@ def shapes(cls: str, df: pd.DataFrame) -> dict[str, np.ndarray]:
         s["precision"] = df["dtype"].map(DTYPE_PRECISION).to_numpy(object)
         w = np.array([BYTES_PER_ELEMENT[p] for p in s["precision"]])
     else:
-        s["precision"] = np.full(len(df), ATTENTION_PRECISION, dtype=object)
+        s["precision"] = df["kv_dtype"].map(KV_PRECISION).to_numpy(object)
     if cls == "gemm":
         m, n, k = col["m"], col["n"], col["k"]
         s.update(rows=m, flops_per_row=2 * n * k, weight_bytes=n * k * w,
@@ -372,8 +386,8 @@ def _figures(theta: np.ndarray, precisions: list[str], tile: int, per_precision:
 
 
 def fit_class(cls: str, df: pd.DataFrame, gpu: GPU, elementwise: Figures | None = None,
-              tiles: tuple[int, ...] | None = None, loss: str = "linear",
-              f_scale: float = 1.0, per_precision_fixed: bool = True
+              tiles: tuple[int, ...] | None = None, loss: str = LOSS,
+              f_scale: float = F_SCALE, per_precision_fixed: bool = True
               ) -> tuple[Figures, float]:
     """Fit one class on `df` (every row given is used): (figures, RMS of
     log(predicted / measured)). GEMM classes: compute and (`per_precision_fixed`) fixed one
@@ -382,18 +396,18 @@ def fit_class(cls: str, df: pd.DataFrame, gpu: GPU, elementwise: Figures | None 
     grouped_gemm needs the `elementwise` figures its activation kernel runs at. Each tile is
     fitted from three starts, one of them at low compute (on the full data: the optimum of
     every class the same as from 12 starts, compute 0.01-0.9 x memory 0.3-0.9);
-    `loss` / `f_scale` as scipy's least_squares ("linear": least squares, the fit used;
-    "soft_l1" a robust variant, for comparison)."""
+    `loss` / `f_scale` as scipy's least_squares (LOSS, F_SCALE: a robust loss on
+    log(predicted / measured), so the few configurations measured 2-3x slower than their
+    neighbours do not pull a class's figures; "linear" is plain least squares)."""
     if df.empty:
         raise ValueError(f"no rows to fit {cls} on")
     s = shapes(cls, df)
     lat = df["latency_s"].to_numpy(float)
     y = np.log(lat)
     gemmlike = cls in GEMM_CLASSES
-    precisions = [p for p in PRECISIONS if gemmlike and (s["precision"] == p).any()] or [
-        ATTENTION_PRECISION]
+    precisions = [p for p in PRECISIONS if (s["precision"] == p).any()]
     n = len(precisions)
-    nf = n if per_precision_fixed else 1
+    nf = n if per_precision_fixed and gemmlike else 1
     tiles = tiles or (TILES if gemmlike else (1,))
     # each fixed cost's scale and start: the fastest row of its precision(s)
     floors = (np.array([lat[s["precision"] == p].min() for p in precisions]) if nf > 1
@@ -459,6 +473,8 @@ def fit_generation(root, system: str) -> dict:
     for cls in CLASSES:
         df = measured(root, system, cls)
         cal = df[df["split"] == "calibration"]
+        if cls == "attention":
+            cal = cal[cal["heads"] / cal["kv_heads"] <= GQA_GROUP]
         ew = Figures(**out["elementwise"]) if cls == "grouped_gemm" else None
         out[cls] = _rounded(fit_class(cls, cal, gpu, elementwise=ew)[0])
         if cls == "gemm":
@@ -470,9 +486,11 @@ def fit_generation(root, system: str) -> dict:
                     f"calibration + {len(df) - len(cal)} held-out rows")
     source = (f"{origin(root)}, system {system}, "
               f"framework {FRAMEWORK}; " + "; ".join(used) + f"; peaks of "
-              f"{PRESETS.get(system, system)}; fit: sim.calibration.fit, least squares on "
-              "log(predicted/measured), 80/20 calibration/held-out split by shape hash, "
-              "tile_m by grid, GEMM compute and fixed per precision, attention per phase; "
+              f"{PRESETS.get(system, system)}; fit: sim.calibration.fit, {LOSS} (scale "
+              f"{F_SCALE}) on log(predicted/measured), 80/20 calibration/held-out split by "
+              "shape hash, tile_m by grid, GEMM compute and fixed per precision, attention "
+              f"per phase and compute per KV precision, decode attention on heads/kv_heads "
+              f"<= {GQA_GROUP}; "
               "elementwise not measured: GEMM memory efficiency, no fixed cost")
     ordered = {"source": source, **{k: out[k] for k in KEYS}}
     KernelTiming.model_validate(ordered)
@@ -605,7 +623,7 @@ _GEMM_NOTES = {
     "tile_m": "M is computed in tiles of this many rows",
 }
 _DECODE_NOTES = {
-    "compute": "achieved / BF16 peak FLOP/s (the engine's attention rate)",
+    "compute": "achieved / peak FLOP/s at the KV cache's precision",
     "memory": "achieved / peak HBM bandwidth (KV read)",
     "fixed": "seconds per kernel",
     "per_row": "seconds per sequence",
@@ -678,7 +696,8 @@ def kernel_yaml(generation: str, params: Mapping, tables: Mapping[str, pd.DataFr
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m sim.calibration.fit [ROOT] [--write] [--sample] [--against DIR]`."""
+    """`python -m sim.calibration.fit [ROOT] [--write] [--sample] [--against DIR]
+    [--generation hopper|blackwell]`."""
     import sys
 
     import yaml
@@ -690,12 +709,19 @@ def main(argv: list[str] | None = None) -> None:
         i = args.index("--against")
         against = Path(args[i + 1])
         args = args[:i] + args[i + 2:]
+    only = None
+    if "--generation" in args:
+        i = args.index("--generation")
+        only = args[i + 1]
+        args = args[:i] + args[i + 2:]
     paths = [a for a in args if not a.startswith("--")]
     root = paths[0] if paths else None
     pd.set_option("display.width", 250, "display.max_columns", 30, "display.precision", 3)
     if (write or make_sample) and is_sample(root):
         raise SystemExit("--write and --sample read the package, not the committed sample")
     for gen, system in GENERATIONS.items():
+        if only is not None and gen != only:
+            continue
         params = fit_generation(root, system)
         print(f"\n## {gen} (fitted on {system})\n")
         print(yaml.safe_dump(params, sort_keys=False, width=100))

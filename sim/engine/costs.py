@@ -151,9 +151,14 @@ def layer_costs(model: Model, hardware: Hardware, layout: Layout, moe: MoEOption
         dk = kernels.dense_kernels(model, model.architecture, t)
         if not attention_flops:
             dk = [replace(x, flops_per_pair=0.0) for x in dk]
-        dense_k = kernels.table(dk, hardware, attn_prec or "bf16")
+        # fitted attention classes carry one compute figure per KV precision (the measured
+        # kernels read an FP8 cache with FP8 math); the scalar figures keep the rule above
+        kv_prec = (precision_for_bytes(model.kv_bytes_per_element)
+                   if hardware.efficiency.kernels is not None else None)
+        prec = kv_prec or attn_prec or "bf16"
+        dense_k = kernels.table(dk, hardware, prec)
         ek = kernels.expert_kernels(model, model.architecture, layout.tensor_parallel)
-        expert_k = kernels.table(ek, hardware, attn_prec or "bf16") if ek else None
+        expert_k = kernels.table(ek, hardware, prec) if ek else None
     return LayerCosts(
         G=G, ep=layout.expert_parallel, tp=layout.tensor_parallel,
         flops=peak * eff.compute, attn_flops_rate=attn_peak * eff.attention_compute,
