@@ -604,8 +604,9 @@ def validate(
     cases: Annotated[Optional[Path], typer.Option(help="validation folder")] = None,
     op_timing: Annotated[Optional[str], typer.Option(
         "--op-timing", help="run the scenario cases with this engine.op_timing: analytical "
-                            "(per-kernel sum) or pooled (today's default); default: each "
-                            "scenario file's own")] = None,
+                            "(per-kernel sum, the default), measured (measured kernels where "
+                            "they cover the GPU) or pooled; default: each scenario file's "
+                            "own")] = None,
     kernels: Annotated[Optional[str], typer.Option(
         "--kernels", help="run the scenario cases with this kernel timing "
                           "(topologies/kernels/NAME.yaml) in place of their hardware file's: "
@@ -615,8 +616,8 @@ def validate(
     predicted vs published."""
     from . import validate as val  # noqa: PLC0415
 
-    if op_timing is not None and op_timing not in ("analytical", "pooled"):
-        raise typer.BadParameter("use analytical or pooled", param_hint="--op-timing")
+    if op_timing is not None and op_timing not in ("analytical", "measured", "pooled"):
+        raise typer.BadParameter("use analytical, measured or pooled", param_hint="--op-timing")
     folder = cases or val.VALIDATION_DIR
     if do_calibrate:
         fitted = val.calibrate(folder)

@@ -122,12 +122,17 @@ def _search_scenario(data: dict, c: Candidate, batch: int, confirm_s: float,
     Prefill is chunked at its steady-state rate. The arrival rate is the search's to set."""
     d = copy.deepcopy(data)
     d.update(c.overrides())
+    dense = (data.get("layout") or {}).get("dense")
+    if dense is not None:   # the scenario's attention placement is kept (TP or DP)
+        d["layout"]["dense"] = dense
     life = output_tokens * c.tpot_floor_s
     warmup = max(2 * life, confirm_s / 4)
     d["workload"] = {**d["workload"], "duration_s": max(confirm_s, warmup + 3 * life),
                      "warmup_s": warmup}
     d["workload"].pop("requests", None)
     chunk = max(1, math.ceil(batch * prompt_tokens / output_tokens))
+    if dense == "replicated":   # the budget holds per attention rank
+        chunk = max(1, math.ceil(chunk / c.ep))
     d["batching"] = {"policy": "continuous", "max_batch": batch, "prefill": "chunked",
                      "chunk_tokens": chunk}
     d["name"] = (f"{c.hardware}: EP {c.ep} TP {c.tp} PP {c.pp} DP {c.dp} "

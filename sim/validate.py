@@ -294,8 +294,9 @@ def steady_rate(steps, warmup: float, measure: str) -> float:
 
 def predict(case: dict, directory: Path, overrides: dict[str, float] | None = None,
             op_timing: str | None = None, kernels: str | None = None) -> float:
-    """Prediction for one case in SI units. `op_timing` (analytical | pooled) overrides a
-    scenario case's engine.op_timing; None keeps the scenario file's (pooled by default)."""
+    """Prediction for one case in SI units. `op_timing` (analytical | measured | pooled)
+    overrides a scenario case's engine.op_timing; None keeps the scenario file's (analytical
+    by default)."""
     kind = case["run"]
     if kind == "scenario":
         # the scenario file names its hardware; the case's generation comes from it
@@ -398,7 +399,7 @@ def validate(directory: Path = VALIDATION_DIR, only: Iterable[str] | None = None
              progress: Callable[[str], None] | None = None,
              op_timing: str | None = None, kernels: str | None = None) -> Report:
     """Every published row through its case (`only`: these run kinds). `op_timing`
-    (analytical | pooled) runs the scenario cases with that engine.op_timing, `kernels` with
+    (analytical | measured | pooled) runs the scenario cases with that engine.op_timing, `kernels` with
     that kernel timing file in place of their hardware's (leave one generation out)."""
     rows = read_rows(directory)
     cases = read_cases(directory)

@@ -487,13 +487,17 @@ def mean_step(steps, a, b, replica=None):
 @pytest.mark.parametrize("name", ["fault-link-degraded", "fault-link-down"])
 def test_shipped_link_scenarios_dip_in_the_window(name):
     """Rack 1's scale-out halved (or one NIC down, its traffic doubled on a peer's): steps in
-    the window are much longer, throughput dips, and it recovers afterwards."""
+    the window are longer, throughput dips, and it recovers afterwards. The all-to-all is
+    about a third of these decode steps (the rest is kernels) and its cross-rack half runs
+    at half speed, so steps lengthen by about that third: more than 1.25x, and back within
+    5% after."""
     r = shipped(name)
     f = r.scenario.spec.faults[0]
     st = r.steps
     before, inside, after = (mean_step(st, 0.25, f.start), mean_step(st, f.start, f.end),
                              mean_step(st, f.end + 0.25, 3.0))
-    assert inside > 1.4 * before and inside > 1.4 * after
+    assert inside > 1.25 * before and inside > 1.25 * after
+    assert after == pytest.approx(before, rel=0.05)
 
     def rate(a, b):
         return st[(st.end >= a) & (st.end < b)].output_tokens.sum() / (b - a)

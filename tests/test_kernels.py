@@ -189,3 +189,25 @@ def test_fixed_cost_per_precision_and_attention_by_phase():
     t_dec, _ = kn.layer_time(kn.StepWork(z + 4, z + 4, z + 1, z, z, z), only)
     t_pre, _ = kn.layer_time(kn.StepWork(z + 4, z, z, z + 4, z + 1, z + 1), only)
     assert t_dec[0] == pytest.approx(5e-6, rel=1e-2) and t_pre[0] == pytest.approx(9e-6, rel=1e-2)
+
+
+@pytest.mark.parametrize("t", [1, 8])
+def test_mla_flops_per_pair_are_the_measured_kernels_own(t):
+    """MLA's decode kernel runs absorbed, its context kernel up-projected (the forms the
+    kernel data measure, aic_data.mla_table, which the classes are fitted on): per (query,
+    context) pair and head, decode 2 (576 + 512) FLOPs, context 2 (192 + 128)."""
+    from sim.calibration import aic_data
+
+    ds = load_model("deepseek-v3")
+    a = ds.architecture.attention
+    ks = {k.name: k for k in kn.dense_kernels(ds, ds.architecture, t)}
+    heads = a.heads / t
+    latent = aic_data.MLA_KV_LORA + aic_data.MLA_QK_ROPE
+    qk = aic_data.MLA_QK_NOPE + aic_data.MLA_QK_ROPE
+    assert ks["attention"].flops_per_pair == pytest.approx(
+        heads * (2 * latent + 2 * aic_data.MLA_KV_LORA))
+    assert ks["attention_prefill"].flops_per_pair == pytest.approx(
+        heads * (2 * qk + 2 * aic_data.MLA_V_HEAD))
+    llama = load_model("llama-3.1-70b")
+    g = {k.name: k for k in kn.dense_kernels(llama, llama.architecture, t)}
+    assert g["attention"].flops_per_pair == g["attention_prefill"].flops_per_pair

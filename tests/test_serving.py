@@ -9,6 +9,7 @@ import pytest
 
 from conftest import BASE
 from sim import cli
+from sim.engine.serving import Slot
 from sim.engine.simulation import simulate
 from sim.results.tables import build_tables
 from sim.spec import scenario_from_dict
@@ -243,3 +244,23 @@ def test_split_per_rank_is_split_tokens_rank_by_rank():
     for parts in (1, 2, 4, 8):
         expect = np.concatenate([split_tokens(int(x), parts) for x in ranks])
         assert list(split_per_rank(ranks, parts)) == list(expect)
+
+
+def test_token_budgets_hold_per_attention_rank():
+    """Under attention DP (ranks > 1) each rank fills its own prompt budget, and a per-step
+    token cap is what that rank's decoding sequences leave of it (TensorRT-LLM's
+    max_num_tokens per attention-DP rank); one rank is the old per-replica budget."""
+    def slot():
+        s = Slot()
+        # ids 0..3: 0 and 2 on rank 0, 1 and 3 on rank 1 (id % 2); 2 and 3 decode already
+        s.admit(np.arange(4), np.array([150, 150, 10, 10]), np.array([5, 5, 5, 5]))
+        s.pre[2:] = 0
+        return s
+    p = slot().plan("chunked", 100, None, ranks=2)
+    assert list(p.take) == [100, 100, 0, 0] and p.prefill_tokens == 200
+    assert list(p.rank_work[3]) == [100.0, 100.0]           # prompt tokens per rank
+    p1 = slot().plan("chunked", 100, None, ranks=1)
+    assert list(p1.take) == [100, 0, 0, 0]
+    # cap 60 per rank: one decoding sequence on each leaves 59 prompt tokens
+    p = slot().plan("chunked", 100, 60, ranks=2)
+    assert list(p.take) == [59, 59, 0, 0]

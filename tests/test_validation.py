@@ -240,7 +240,7 @@ def test_fast_validate_leaves_scenarios_and_reports_skips(tmp_path):
 def test_op_timing_option_is_checked():
     r = CliRunner().invoke(app, ["validate", "--fast", "--op-timing", "exact"])
     assert r.exit_code == 2
-    assert "analytical or pooled" in r.output
+    assert "analytical, measured or pooled" in r.output
 
 
 def test_one_e2e_case_runs_shortened_with_the_op_timing_asked(tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ from ..spec.layout import Layout, dense_share
 from ..spec.model import Model
 from ..spec.precision import BYTES_PER_ELEMENT, precision_for_bytes
 from . import kernels
+from . import measured as measured_timing
 from .kernels import KernelTable, StepWork, grouped_time, layer_time
 from .sampling import Categories, LogFactorials, categories, multinomial
 
@@ -81,6 +82,9 @@ class LayerCosts:
     dense_kernels: KernelTable | None = None
     expert_kernels: KernelTable | None = None
     dense_sharded: bool = True    # dense part split over the whole stage group
+    # engine.op_timing measured: each kernel's measured correction (measured.py)
+    measured: measured_timing.MeasuredLayer | None = None
+    timing_warnings: tuple = ()   # what the op timing could not do as asked
 
     @property
     def experts_per_rank(self) -> int:
@@ -97,7 +101,10 @@ class LayerCosts:
             n = len(work.tokens)
             if self.dense_sharded:   # every GPU runs the whole step on its slice: time once
                 work = StepWork(*(np.array([np.sum(x) / self.tp]) for x in work))
-            t, share = layer_time(work, k)
+            if self.measured is not None:
+                t, share = measured_timing.dense_time(work, k, self.measured)
+            else:
+                t, share = layer_time(work, k)
             if self.dense_sharded:
                 return np.full(n, t[0]), np.full(n, share[0])
             return t, share
@@ -113,10 +120,14 @@ class LayerCosts:
         (time, compute_bound) arrays over G GPUs."""
         k = self.expert_kernels
         if k is not None:
-            t, cb = grouped_time(np.asarray(expert_tokens, dtype=float), self.ep,
+            tokens = np.asarray(expert_tokens, dtype=float)
+            t, cb = grouped_time(tokens, self.ep,
                                  self.experts_per_rank, k.cls, k.flops_per_row,
                                  k.weight_bytes, k.io_bytes_per_row, k.per_layer,
                                  k.flops_rate, k.bytes_rate, k.fixed, k.per_row, k.tile)
+            if self.measured is not None and self.measured.experts is not None:
+                copies = tokens.reshape(self.ep, -1).sum(axis=1)
+                t = t * np.exp(self.measured.experts(copies * self.measured.tokens_per_copy))
         else:
             t, cb = _expert_phase(np.asarray(expert_tokens, dtype=float), self.ep,
                                   self.experts_per_rank, self.expert_params, self.tp,
@@ -125,6 +136,10 @@ class LayerCosts:
         if self.tp == 1:
             return t, cb
         return np.repeat(t, self.tp), np.repeat(cb, self.tp)
+
+
+# op timings that time each kernel (kernels.py); "pooled" is one roofline per phase
+PER_KERNEL = ("analytical", "measured")
 
 
 def layer_costs(model: Model, hardware: Hardware, layout: Layout, moe: MoEOptions,
@@ -146,7 +161,9 @@ def layer_costs(model: Model, hardware: Hardware, layout: Layout, moe: MoEOption
         per_expert = 0.0
     dense_active = model.active_params - k * per_expert * n_moe
     dense_k = expert_k = None
-    if op_timing == "analytical":
+    measured = None
+    warnings: list[str] = []
+    if op_timing in PER_KERNEL:
         t = dense_share(layout)
         dk = kernels.dense_kernels(model, model.architecture, t)
         if not attention_flops:
@@ -159,6 +176,17 @@ def layer_costs(model: Model, hardware: Hardware, layout: Layout, moe: MoEOption
         dense_k = kernels.table(dk, hardware, prec)
         ek = kernels.expert_kernels(model, model.architecture, layout.tensor_parallel)
         expert_k = kernels.table(ek, hardware, prec) if ek else None
+        if op_timing == "measured":
+            why = measured_timing.uncovered(hardware)
+            if why is None:
+                measured = measured_timing.build(model, hardware, dk, ek,
+                                                 layout.expert_parallel,
+                                                 layout.tensor_parallel,
+                                                 measured_timing.data_root())
+                warnings += measured.warnings()
+            else:
+                warnings.append(f"engine.op_timing measured: {why}; the analytical kernel "
+                                "model times this run")
     return LayerCosts(
         G=G, ep=layout.expert_parallel, tp=layout.tensor_parallel,
         flops=peak * eff.compute, attn_flops_rate=attn_peak * eff.attention_compute,
@@ -175,7 +203,8 @@ def layer_costs(model: Model, hardware: Hardware, layout: Layout, moe: MoEOption
         combine_bytes=token_bytes(model.hidden, moe.combine_precision, moe.scale_block),
         activation_bytes=model.hidden * BYTES_PER_ELEMENT[activation_precision],
         dense_kernels=dense_k, expert_kernels=expert_k,
-        dense_sharded=dense_share(layout) == layout.stage_gpus)
+        dense_sharded=dense_share(layout) == layout.stage_gpus,
+        measured=measured, timing_warnings=tuple(warnings))
 
 
 def moe_layer_flags(model: Model) -> np.ndarray:

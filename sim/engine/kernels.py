@@ -78,13 +78,16 @@ class Kernel:
     per_layer: float = 1.0
     kv_bytes: float = 0.0
     flops_per_pair: float = 0.0
+    # the shape measured tables are keyed by (measured.py): a GEMM's (n, k), an attention
+    # kernel's (query heads, KV heads) on one GPU
+    shape: tuple = ()
 
 
 def _gemm(name: str, n: float, k: float, bpp: float, precision: str, per_layer: float = 1.0,
           cls: int = GEMM) -> Kernel:
     """Y[M, n] = X[M, k] W[k, n]: 2 n k FLOPs per row, weights n k, activations k + n."""
     return Kernel(name, cls, precision, flops_per_row=2.0 * n * k, weight_bytes=n * k * bpp,
-                  io_bytes_per_row=(n + k) * ACT_BYTES, per_layer=per_layer)
+                  io_bytes_per_row=(n + k) * ACT_BYTES, per_layer=per_layer, shape=(n, k))
 
 
 def _norm(name: str, width: float, per_layer: float = 1.0) -> Kernel:
@@ -129,12 +132,17 @@ def dense_kernels(model: Model, arch: Architecture | None, t: int) -> list[Kerne
     # GQA's KV heads up to kv_heads ways, MLA's latent (shared by all heads) not at all
     kv_split = 1 if isinstance(a, MLA) else min(t, a.kv_heads)
     mla = isinstance(a, MLA)
-    for name, cls in (("attention", MLA_ATTENTION if mla else ATTENTION),
-                      ("attention_prefill", MLA_PREFILL if mla else ATTENTION_PREFILL)):
+    # decode and context attention are different kernels; MLA's context kernel runs
+    # up-projected, with fewer FLOPs per (query, context) pair than the absorbed decode
+    for name, cls, flops in (
+            ("attention", MLA_ATTENTION if mla else ATTENTION,
+             a.attention_flops_per_context_token()),
+            ("attention_prefill", MLA_PREFILL if mla else ATTENTION_PREFILL,
+             a.prefill_attention_flops_per_context_token())):
         ks.append(Kernel(name, cls, aprec,
                          kv_bytes=kv_elems * model.kv_bytes_per_element / kv_split,
-                         flops_per_pair=a.attention_flops_per_context_token() / t,
-                         io_bytes_per_row=2.0 * o_k * ACT_BYTES))
+                         flops_per_pair=flops / t, io_bytes_per_row=2.0 * o_k * ACT_BYTES,
+                         shape=(a.heads / t, 1.0 if mla else a.kv_heads / kv_split)))
     ks.append(_gemm("o", H, o_k, abpp, aprec))
     if arch.dense_layers:
         f, share = arch.ffn_hidden / t, arch.dense_layers / L
@@ -188,6 +196,11 @@ class KernelTable:
     fixed: np.ndarray
     per_row: np.ndarray
     tile: np.ndarray
+
+    def subset(self, i: int) -> KernelTable:
+        """Kernel `i` alone, as a table of one."""
+        return KernelTable(*[(x[i:i + 1] if isinstance(x, (tuple, np.ndarray)) else x)
+                             for x in (getattr(self, f) for f in self.__dataclass_fields__)])
 
 
 def kernel_classes(hardware: Hardware) -> tuple[KernelClass, ...]:

@@ -590,7 +590,7 @@ class Network:
         links = np.concatenate(binds) if len(binds) > 1 else binds[0]
         m = shape.moving(tuple(moves))
         xdur = np.array(xdur)
-        now = self.env.now
+        now = float(self.env.now)   # int 0 at the start: one compiled signature
         free, ends, events = _reserve_train(links, self._reserved, self._pool_count,
                                             self._next_train, np.asarray(waits, dtype=float),
                                             m.pidx, xdur, now)

@@ -115,16 +115,19 @@ class Slot:
         """The next step: decoding sequences, plus prompt tokens up to `chunk_tokens`, and
         with a per-step token budget (`step_tokens`, TensorRT-LLM's max_num_tokens) no more
         than what the decoding sequences leave of it. With `ranks` > 1 (attention data
-        parallelism) each sequence lives whole on rank `id % ranks`, and the plan carries
-        each rank's tokens, KV read and attention pairs (their imbalance is real)."""
-        budget = chunk_tokens
+        parallelism) each sequence lives whole on rank `id % ranks`, both budgets hold per
+        rank (as TensorRT-LLM's max_num_tokens and SGLang's chunked-prefill size do per
+        attention-DP rank), and the plan carries each rank's tokens, KV read and attention
+        pairs (their imbalance is real)."""
+        rank = self.ids % ranks
+        budgets = np.full(ranks, chunk_tokens, dtype=np.int64)
         if step_tokens is not None:
-            budget = min(budget, max(step_tokens - int(np.count_nonzero(self.pre == 0)), 0))
+            decoding = np.bincount(rank[self.pre == 0], minlength=ranks)
+            budgets = np.minimum(budgets, np.maximum(step_tokens - decoding, 0))
         decode, take, n_dec, n_pre, dec_ctx, pre_ctx, pre_pairs, n_seq = _plan(
-            self.pre, self.ctx, budget, prefill == "separate")
+            self.pre, self.ctx, rank, budgets, prefill == "separate")
         work = None
         if ranks > 1:
-            rank = self.ids % ranks
             ctx = self.ctx.astype(float)
             prefilling = take > 0
             work = tuple(np.bincount(rank, weights=w, minlength=ranks) for w in (
@@ -146,20 +149,22 @@ class Slot:
 
 
 @numba.njit(cache=True, nogil=True)
-def _plan(pre, ctx, budget, separate):   # pragma: no cover
+def _plan(pre, ctx, rank, budgets, separate):   # pragma: no cover
     """A step's plan in one compiled pass: sequences with their prompt done decode; prompt
-    tokens are taken FIFO up to `budget`; under `separate` a step with prompt work
-    carries only that. Returns (decode mask, tokens taken per sequence, decoding
-    sequences, prompt tokens, context tokens the decoding sequences read, context tokens
-    the prefilling ones read, the prefill's query x context pairs, sequences with work)."""
+    tokens are taken FIFO up to the budget of the sequence's rank (`budgets[rank[i]]`);
+    under `separate` a step with prompt work carries only that. Returns (decode mask,
+    tokens taken per sequence, decoding sequences, prompt tokens, context tokens the
+    decoding sequences read, context tokens the prefilling ones read, the prefill's query x
+    context pairs, sequences with work)."""
     n = len(pre)
     decode = np.empty(n, np.bool_)
     take = np.empty(n, np.int64)
-    before = 0
+    before = np.zeros(len(budgets), np.int64)
     any_take = False
     for i in range(n):
-        take[i] = min(max(budget - before, 0), pre[i])
-        before += pre[i]
+        r = rank[i]
+        take[i] = min(max(budgets[r] - before[r], 0), pre[i])
+        before[r] += pre[i]
         decode[i] = pre[i] == 0
         any_take |= take[i] > 0
     if separate and any_take:

@@ -35,7 +35,7 @@ from ..spec.trace import iter_trace
 from ..spec.workload import (DEFAULT_CHUNK_TOKENS, QUEUE_BATCHES, Closed, Fixed,
                              FixedInterval, LogNormal, Trace, Uniform)
 from . import collectives as coll
-from .costs import (draw_routing, dispatch_matrix, expert_popularity, layer_costs,
+from .costs import (PER_KERNEL, draw_routing, dispatch_matrix, expert_popularity, layer_costs,
                     moe_layer_flags, physical_popularity, routing_hits, routing_table,
                     split_per_rank, split_tokens)
 from .faults import FaultInjector, FaultLog, Unroutable
@@ -163,6 +163,7 @@ class EngineResult:
     longest_queue: int = 0          # waiting requests in the fullest replica queue at the end
     faults: FaultLog | None = None  # what the scenario's faults did (None without faults)
     lost_gpus: tuple = ()           # GPUs lost to gpu_lost faults
+    warnings: tuple = ()            # what the engine could not do as the scenario asked
 
 
 # a stage-step's collectives, by Timeline slot
@@ -324,7 +325,14 @@ class Simulation:
         # one rank each, under the per-kernel op timing (the pooled rule keeps the even
         # spread of the closed form)
         self.dp_ranks = lay.expert_parallel if (
-            lay.dense == "replicated" and s.spec.engine.op_timing == "analytical") else 1
+            lay.dense == "replicated" and s.spec.engine.op_timing in PER_KERNEL) else 1
+        # under attention DP the step's token budgets hold per rank (TensorRT-LLM's
+        # max_num_tokens, SGLang's chunked-prefill size); spread evenly (pooled), a replica's
+        # budget is the ranks' together
+        if lay.dense == "replicated" and self.dp_ranks == 1:
+            f = lay.expert_parallel
+            self.chunk *= f
+            self.step_tokens = None if self.step_tokens is None else self.step_tokens * f
         # faults (docs/faults.md): live replicas, per-GPU op slowdown (None: none active)
         self.alive = [True] * self.R
         self.n_alive = self.R
@@ -1099,6 +1107,7 @@ class Simulation:
             window=(self.warmup, end), output_tokens=self.output_tokens,
             input_tokens=self.input_tokens, kv_capacity_tokens=self.kv_capacity,
             sim_events=self.env.events_processed, wall_time_s=wall, transfers=self.transfers,
+            warnings=self.costs.timing_warnings,
             arrived_in_window=self.arrived_in_window, dropped_in_window=self.dropped_in_window,
             max_queue=self.max_queue, longest_queue=max(len(q) for q in self.queues),
             faults=self.injector.finish() if self.injector else None,

@@ -44,10 +44,18 @@ def warm() -> float:
     from .simulation import simulate
 
     t = time.perf_counter()
-    for layout, timing in (({"expert_parallel": 8, "data_parallel": 2}, "pooled"),
-                           ({"expert_parallel": 4, "pipeline_parallel": 2,
-                             "data_parallel": 2}, "analytical")):
-        simulate(scenario_from_dict({**TOY, "layout": layout,
+    decode_only = {"workload": {**TOY["workload"], "arrival": {"process": "closed",
+                                                              "concurrency": 64}},
+                   "batching": {**TOY["batching"], "max_batch": 64,
+                                "prefill": "disaggregated"}}
+    for layout, timing, more in (
+            ({"expert_parallel": 8, "data_parallel": 2}, "pooled", {}),
+            ({"expert_parallel": 4, "pipeline_parallel": 2, "data_parallel": 2},
+             "analytical", {}),
+            # attention data-parallel, decode only (the default scenario's shape)
+            ({"expert_parallel": 8, "data_parallel": 2, "dense": "replicated"},
+             "analytical", decode_only)):
+        simulate(scenario_from_dict({**TOY, **more, "layout": layout,
                                      "engine": {**TOY["engine"], "op_timing": timing}}))
     op_time(1.0, 1.0, 1.0, 1.0)   # the scalar form (validation's kernel cases)
     return time.perf_counter() - t

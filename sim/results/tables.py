@@ -10,6 +10,7 @@ import pandas as pd
 
 from ..cluster.topology import TIER_NAMES
 from ..engine.simulation import EngineResult
+from ..spec.advice import layout_warnings
 from .load import judge
 
 SECONDS_PER_HOUR = 3600.0
@@ -219,7 +220,8 @@ def summarise(res: EngineResult, req: pd.DataFrame, gpus: pd.DataFrame,
         "completion_rate": load.completion_rate,
         "in_flight_end": load.in_flight_end,
         "load": load.to_json(),
-        "warnings": list(load.warnings),
+        "warnings": list(load.warnings) + list(res.warnings)
+        + layout_warnings(s.model, s.layout, s.spec.engine.op_timing),
         "arrival_rate_per_s": load.arrival_rate,      # earlier names of the same figures
         "service_rate_per_s": load.completion_rate,
         "max_queue_per_replica": res.max_queue,

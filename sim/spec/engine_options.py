@@ -71,13 +71,18 @@ class EngineOptions(Spec):
     activation_precision: Precision = Field(
         "bf16", description="activations sent between pipeline stages and in TP all-reduce")
     all_reduce: Literal["ring", "tree"] = Field("ring", description="TP all-reduce algorithm")
-    op_timing: Literal["analytical", "pooled"] = Field(
-        "pooled", description="analytical: each kernel of a layer (projections, attention, "
-                                  "MLPs, expert GEMMs, norms) its own roofline at the "
-                                  "hardware's kernel efficiencies, summed "
-                                  "(sim/engine/kernels.py); pooled: the layer's dense part as "
-                                  "one max(compute, memory), its experts as another (the "
-                                  "closed form's convention, for comparison)")
+    op_timing: Literal["analytical", "measured", "pooled"] = Field(
+        "analytical", description="analytical (default): each kernel of a layer "
+                                  "(projections, attention, MLPs, expert GEMMs, norms) its "
+                                  "own roofline at the hardware's kernel efficiencies "
+                                  "(efficiency.kernels, fitted on measured kernels), summed "
+                                  "(sim/engine/kernels.py); measured: each kernel from "
+                                  "NVIDIA's measured kernel latencies for the GPU where they "
+                                  "cover it (aiconfigurator-core; sim/engine/measured.py), "
+                                  "analytical where not, and the run says which; pooled: the "
+                                  "layer's dense part as one max(compute, memory), its "
+                                  "experts as another (the closed form's convention, for "
+                                  "comparison)")
     attention_flops: bool = Field(
         True, description="count attention's per-context-token FLOPs (the closed form omits "
                           "them; they matter only when compute bound)")

@@ -41,6 +41,10 @@ class GQA(Spec):
         """Multiply-adds x 2 of QK^T and PV for one query token against one context token."""
         return 2 * 2 * self.heads * self.head_dim
 
+    def prefill_attention_flops_per_context_token(self) -> int:
+        """The same in a prompt's (context) attention kernel."""
+        return self.attention_flops_per_context_token()
+
 
 class MLA(Spec):
     """Multi-head latent attention (DeepSeek-V2/V3): a compressed KV latent is cached."""
@@ -70,6 +74,14 @@ class MLA(Spec):
     def attention_flops_per_context_token(self) -> int:
         """Absorbed MLA decode: scores over (latent + rope) and values over the latent."""
         return 2 * self.heads * (2 * self.kv_lora_rank + self.qk_rope_head_dim)
+
+    def prefill_attention_flops_per_context_token(self) -> int:
+        """MLA context attention runs up-projected (K and V per head from the latent, as
+        FlashMLA's and TensorRT-LLM's context kernels do): scores over qk_nope + qk_rope,
+        values over v_head, 3.4x fewer FLOPs per pair than the absorbed form for
+        DeepSeek-V3."""
+        return 2 * self.heads * (self.qk_nope_head_dim + self.qk_rope_head_dim
+                                 + self.v_head_dim)
 
 
 Attention = Annotated[GQA | MLA, Field(discriminator="kind")]

@@ -143,12 +143,14 @@ class Continuous(Spec):
     chunk_tokens: PositiveInt = Field(
         DEFAULT_CHUNK_TOKENS,
         description="prompt tokens a step may carry (a per-step prefill budget, decode tokens "
-                    f"not counted); default {DEFAULT_CHUNK_TOKENS}")
+                    "not counted), per attention rank when layout.dense is replicated "
+                    f"(attention data parallelism); default {DEFAULT_CHUNK_TOKENS}")
     max_num_tokens: PositiveInt | None = Field(
         None, description="tokens a step may carry, decode and prompt together (TensorRT-LLM's "
                           "max_num_tokens, vLLM's max_num_batched_tokens): prompt tokens "
-                          "get what decoding sequences leave, up to chunk_tokens; default: "
-                          "no such cap")
+                          "get what decoding sequences leave, up to chunk_tokens; per "
+                          "attention rank when layout.dense is replicated, as TensorRT-LLM's "
+                          "is per attention-DP rank; default: no such cap")
 
 
 Batching = Annotated[FixedInterval | Continuous, Field(discriminator="policy")]
