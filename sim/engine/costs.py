@@ -100,7 +100,8 @@ class LayerCosts:
         if k is not None:
             n = len(work.tokens)
             if self.dense_sharded:   # every GPU runs the whole step on its slice: time once
-                work = StepWork(*(np.array([np.sum(x) / self.tp]) for x in work))
+                sums = np.asarray(work, dtype=float).sum(axis=1, keepdims=True) / self.tp
+                work = StepWork(*sums)
             if self.measured is not None:
                 t, share = measured_timing.dense_time(work, k, self.measured)
             else:
