@@ -17,6 +17,7 @@ from rich.console import Console
 from . import roofline as rf
 from .results.console import Table, stdout_console
 from .spec import RacksimError, list_presets, load_hardware, load_model, load_scenario
+from .spec.cost import HOURS_PER_YEAR
 from .spec.scenario import scenario_json_schema
 from .spec.units import format_quantity as fq
 
@@ -55,7 +56,7 @@ def _roofline_table(r: rf.Roofline, title: str) -> Table:
         ("tokens/s per GPU", f"{r.tokens_per_s_per_gpu:,.1f}"),
         ("memory per GPU", f"{fq(r.memory_per_gpu_bytes, 'B')} of "
                            f"{fq(r.hbm_bytes_per_gpu, 'B')} ({'fits' if r.fits else 'DOES NOT FIT'})"),
-        ("$ per million tokens", "n/a (no price_per_gpu_hour)" if r.cost_per_million_tokens is None
+        ("$ per million tokens", "n/a (no price_per_gpu_hour, no cost: in the hardware file)" if r.cost_per_million_tokens is None
          else f"${r.cost_per_million_tokens:,.3f}"),
     ]
     if r.communication_time_s is None:
@@ -187,6 +188,7 @@ def _summary_table(sm: dict) -> Table:
         ("$ per million output tokens", f"${sm['cost_per_million_tokens']:,.3f}"
          if sm["cost_per_million_tokens"] is not None else "n/a (no price given)"
          if sm["requests_completed"] else "n/a (no request completed)"),
+        *_money_rows(sm.get("cost")),
         ("simulation", f"{sm['sim_events']:,} events in {sm['wall_time_s']:.1f} s wall"),
     ]
     if sm.get("slo"):
@@ -242,7 +244,9 @@ def run(
             bar.close()
         tables = build_tables(res)
         write_results(res, tables, out_dir, plots=not no_plots, fmt=fmt, merge=merge)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemError) as e:
+        if not _interrupted(e):
+            raise
         summary = out_dir / "summary.json"   # written by this run only if the swap happened
         done = summary.exists() and summary.stat().st_mtime >= sim_start
         err.print("interrupted: " + (f"the results in {out_dir}/ are complete" if done else
@@ -389,7 +393,9 @@ def sweep(
 
             df = run_sweep(scenario, sets, out_dir, mode=mode, workers=workers,
                            dask_address=dask, progress=tick, force=force)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemError) as e:
+        if not _interrupted(e):
+            raise
         for sig in handlers:   # a second Ctrl-C must not cut this message short
             signal.signal(sig, signal.SIG_IGN)
         err.print(f"stopped: {state['done']} of {state['total']} points done, kept in "
@@ -787,6 +793,18 @@ def show_hardware(name: Annotated[str, typer.Argument(help="preset name or path"
     e = hw.efficiency
     t.add_row("efficiency (compute/memory/up/out)",
               f"{e.compute:g} / {e.memory:g} / {e.scale_up:g} / {e.scale_out:g}")
+    c = hw.cost
+    if c is None:
+        t.add_row("cost", "not given (no cost: in the file; price runs with "
+                          "price_per_gpu_hour)")
+    else:
+        hours = c.amortisation_years * HOURS_PER_YEAR
+        t.add_row("capex per rack", f"${c.capex_per_rack:,.0f} over {c.amortisation_years:g} "
+                                    f"years (${c.capex_per_rack / hours:,.2f} per hour, "
+                                    f"${c.capex_per_rack / hours / hw.gpus_per_rack:,.2f} "
+                                    "per GPU-hour)")
+        t.add_row("power per rack", f"{fq(c.power_per_rack, 'W')} at full load, "
+                                    f"{c.idle_power_fraction:.0%} of it idle")
     out.print(t)
     for s in hw.sources:
         out.print(f"source: {s}")
@@ -837,6 +855,32 @@ def show_presets(as_json: Json_ = False):
     out.print("models:   " + ", ".join(list_presets("models")))
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """A Ctrl-C, also when it landed inside a compiled kernel's call back into Python, which
+    numba reports as a SystemError caused by the KeyboardInterrupt."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _money_rows(c: dict | None) -> list[tuple[str, str]]:
+    """The run table's cost rows (summary.json `cost`, results/cost.py)."""
+    if not c:
+        return []
+    rows = [("$ per hour of the deployment", f"${c['usd_per_hour']:,.2f} ({c['priced_by']}"
+             + (", site assumed" if c.get("site_assumed") else "") + ")")]
+    if c.get("power_kw") is not None:
+        per_mw = c.get("output_tokens_per_s_per_mw")
+        rows.append(("IT power, output tokens/s per MW",
+                     f"{c['power_kw']:,.1f} kW, "
+                     + (f"{per_mw:,.0f}" if per_mw is not None else "n/a")))
+    return rows
+
+
 def main() -> None:
     """Entry point: typer handles usage errors (exit 2); our user errors exit 2 too."""
     try:
@@ -844,7 +888,9 @@ def main() -> None:
     except RacksimError as exc:
         err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:   # before a command's own handler was reached: nothing written
+    except (KeyboardInterrupt, SystemError) as exc:   # before a command's own handler
+        if not _interrupted(exc):
+            raise
         err.print("interrupted: nothing was written", markup=False, highlight=False)
         sys.exit(130)
 

@@ -29,6 +29,7 @@ from .api import apply_overrides, scenario_dict
 from .capacity import at_rate, search
 from .engine.costs import layer_costs
 from .results.pareto_plot import plot_pareto
+from .results.price_plot import plot_price
 from .spec.errors import SpecError
 from .spec.presets import load_hardware, load_model
 from .spec.scenario import scenario_from_dict
@@ -140,6 +141,17 @@ def _search_scenario(data: dict, c: Candidate, batch: int, confirm_s: float,
     return d
 
 
+MONEY = ("priced_by", "usd_per_hour", "usd_per_million_output_tokens",
+         "output_tokens_per_s_per_mw", "power_kw", "capex_per_output_token_per_s")
+
+
+def _money(summary: dict | None) -> dict:
+    """A run's cost figures (summary.json `cost`) as compare.csv columns; None when the run
+    found no rate or nothing prices it."""
+    c = (summary or {}).get("cost") or {}
+    return {k: c.get(k) for k in MONEY}
+
+
 def _layout_name(c: Candidate, batch: int) -> str:
     return f"EP{c.ep} TP{c.tp} PP{c.pp} DP{c.dp} batch {batch}"
 
@@ -156,16 +168,21 @@ def compare(scenario: str | Path, designs: list[str], out: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     slo = slo if isinstance(slo, SLO) else SLO(**(slo or {}))
     targets = slo.targets()
-    rows, pareto, confirmed = [], [], []
+    rows, pareto, confirmed, priced = [], [], [], []
     learned = None   # capacity found / closed form, from the first layout that has one
     w = scenario_from_dict(data, file=str(scenario), base_dir=scenario.parent).workload
     for hw_name in designs:
         design = load_hardware(hw_name, file="--hardware", key="--hardware",
                                base_dir=Path(".")).name
         cands = candidates(data, hw_name, budget_gpus, str(scenario), scenario.parent)
+        gpu_hour = _gpu_hour_price(data, hw_name, scenario)
         for c in cands:
             pareto.append({"hardware": design, "tokens_per_s_per_gpu": c.tokens_per_s_per_gpu,
                            "tpot_floor_s": c.tpot_floor_s})
+            priced.append({"hardware": design, "tokens_per_s_per_user": 1.0 / c.tpot_floor_s,
+                           "usd_per_million_output_tokens": (
+                               gpu_hour / (c.tokens_per_s_per_gpu * 3600) * 1e6
+                               if gpu_hour and c.tokens_per_s_per_gpu > 0 else None)})
         floor = targets.get("tpot_p99", math.inf)
         ok = [c for c in cands if c.tpot_floor_s <= floor]
         ok.sort(key=lambda c: -c.tokens_per_s_per_gpu)
@@ -214,6 +231,9 @@ def compare(scenario: str | Path, designs: list[str], out: str | Path,
                        "estimate_tokens_per_s_per_gpu": c.tokens_per_s_per_gpu,
                        "tokens_per_s_per_gpu": sm["tokens_per_s_per_gpu"] if sm else None,
                        "cost_per_million_tokens": sm["cost_per_million_tokens"] if sm else None,
+                       # priced by this design's own hardware file (or the scenario's
+                       # price_per_gpu_hour, which the user set for every design)
+                       **_money(sm),
                        "tpot_p50_s": sm["tpot_s"]["p50"] if sm else None,
                        "tpot_p99_s": sm["tpot_s"]["p99"] if sm else None,
                        "ttft_p99_s": sm["ttft_s"]["p99"] if sm else None,
@@ -223,6 +243,10 @@ def compare(scenario: str | Path, designs: list[str], out: str | Path,
                     pareto.append({"hardware": design, "tokens_per_s_per_gpu":
                                    sm["tokens_per_s_per_gpu"], "tpot_floor_s":
                                    sm["tpot_s"]["p99"], "confirmed": True})
+                    priced.append({"hardware": design, "confirmed": True,
+                                   "tokens_per_s_per_user": 1.0 / sm["tpot_s"]["p50"],
+                                   "usd_per_million_output_tokens":
+                                   row["usd_per_million_output_tokens"]})
                     if best is None or row["tokens_per_s_per_gpu"] > \
                             best["tokens_per_s_per_gpu"]:
                         best = row
@@ -234,7 +258,23 @@ def compare(scenario: str | Path, designs: list[str], out: str | Path,
         rows.append(best or {"hardware": hw_name, "design": design, "meets_slo": False,
                              "scenario": None, "reason": "; ".join(why)})
     df = pd.DataFrame(rows)
+    if "usd_per_million_output_tokens" in df:
+        # 1 = the cheapest design per million output tokens at the SLO
+        df["cost_rank"] = df["usd_per_million_output_tokens"].rank(method="min")
     df.to_csv(out / "compare.csv", index=False)
     pd.DataFrame(confirmed).to_csv(out / "confirmed.csv", index=False)
     plot_pareto(pd.DataFrame(pareto), out / "pareto.png", targets)
+    plot_price(pd.DataFrame(priced), out / "price_of_speed.png", targets)
     return df
+
+
+def _gpu_hour_price(data: dict, hw_name: str, scenario: Path) -> float | None:
+    """$ per GPU-hour of a design at full load: the scenario's price_per_gpu_hour if it sets
+    one (every design alike: the user said so), else the design's own cost: and the site."""
+    if data.get("price_per_gpu_hour") is not None:
+        return float(data["price_per_gpu_hour"])
+    hw = load_hardware(hw_name, file="--hardware", key="--hardware", base_dir=Path("."))
+    if hw.cost is None:
+        return None
+    site = scenario_from_dict(data, file=str(scenario), base_dir=scenario.parent).spec.site
+    return hw.cost.gpu_hour_price(site, hw.gpus_per_rack)

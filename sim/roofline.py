@@ -192,5 +192,9 @@ def for_scenario(scenario: Scenario, batch: float | None = None,
                  context: float | None = None) -> Roofline:
     context = scenario.mean_context() if context is None else context
     batch = implied_batch(scenario, context) if batch is None else batch
+    price = scenario.spec.price_per_gpu_hour
+    if price is None and scenario.hardware.cost is not None:   # the design's own, full load
+        price = scenario.hardware.cost.gpu_hour_price(scenario.spec.site,
+                                                      scenario.hardware.gpus_per_rack)
     return evaluate(scenario.model, scenario.hardware, scenario.layout, batch, context,
-                    scenario.spec.price_per_gpu_hour, interval_of(scenario.batching))
+                    price, interval_of(scenario.batching))

@@ -25,13 +25,20 @@ def designs(tmp_path):
         p = tmp_path / f"{d['name']}.yaml"
         p.write_text(yaml.safe_dump(d))
         paths.append(str(p))
+    return _short_scenario(tmp_path), paths
+
+
+def _short_scenario(tmp_path, **drop) -> object:
+    """BASE with short requests and a batch cap, written to s.yaml (keys in `drop` left out)."""
     scen = copy.deepcopy(BASE)
+    for k in drop:
+        scen.pop(k, None)
     scen["workload"] = {**scen["workload"], "output_tokens": {"dist": "fixed", "value": 16},
                         "prompt_tokens": {"dist": "fixed", "value": 64}}
     scen["batching"] = {"policy": "continuous", "max_batch": 64}
     sp = tmp_path / "s.yaml"
     sp.write_text(yaml.safe_dump(scen))
-    return sp, paths
+    return sp
 
 
 def test_slo_parsing():
@@ -114,3 +121,38 @@ def test_compare_says_why_a_design_has_no_answer(designs, tmp_path, monkeypatch,
 
     row = pd.read_csv(tmp_path / "c" / "compare.csv").iloc[0]
     assert not row.meets_slo and "TTFT p99" in row.reason and "batch" in row.reason
+
+
+def _priced(tmp_path, costs):
+    """Two designs alike in speed, each with its own cost: figures; no scenario price."""
+    paths = []
+    for name, capex in costs:
+        d = copy.deepcopy(TOY_HARDWARE)
+        d["name"] = name
+        d["cost"] = {"capex_per_rack": capex, "power_per_rack": "10 kW",
+                     "idle_power_fraction": 0.3, "amortisation_years": 4}
+        p = tmp_path / f"{name}.yaml"
+        p.write_text(yaml.safe_dump(d))
+        paths.append(str(p))
+    return _short_scenario(tmp_path, price_per_gpu_hour=True), paths
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_compare_prices_each_design_by_its_own_file(tmp_path, swap):
+    costs = [("toy-a", 1e5), ("toy-b", 4e5)]
+    if swap:
+        costs = [("toy-a", 4e5), ("toy-b", 1e5)]
+    scen, hw = _priced(tmp_path, costs)
+    df = compare(scen, hw, tmp_path / "c", slo={"tpot_p99": 0.2}, budget_gpus=8, shortlist=1,
+                 confirm_s=0.2).set_index("hardware")
+    assert (df["priced_by"] == "hardware cost and site").all()
+    assert (tmp_path / "c" / "price_of_speed.png").stat().st_size > 10_000
+    cheap = hw[1] if swap else hw[0]
+    dear = hw[0] if swap else hw[1]
+    assert df.loc[cheap, "cost_rank"] == 1 and df.loc[dear, "cost_rank"] == 2
+    assert df.loc[cheap, "usd_per_million_output_tokens"] < \
+        df.loc[dear, "usd_per_million_output_tokens"]
+    # each priced by its own capex: $ per hour differ by the capex difference alone
+    gap = df.loc[dear, "usd_per_hour"] - df.loc[cheap, "usd_per_hour"]
+    racks = load(df.loc[cheap, "scenario"]).racks
+    assert gap == pytest.approx(3e5 * racks / (4 * 24 * 365.25), rel=0.05)

@@ -133,15 +133,19 @@ def test_ctrl_c_leaves_complete_outputs_or_none(tmp_path, write_yaml):
     from conftest import REPO
 
     d = copy.deepcopy(BASE)
-    d["workload"] = {**d["workload"], "duration_s": 600, "warmup_s": 1}
+    # long enough that no machine finishes it before the signal lands
+    d["workload"] = {**d["workload"], "duration_s": 1e4, "warmup_s": 1}
     path = write_yaml(d)
     out = tmp_path / "out"
     from sim.engine.warm import warm
 
     warm()   # compiled first, as `make` does after installing (a Ctrl-C inside numba's
     #          compiler is numba's to report, not ours)
+    # as from a terminal: SIGINT at its default even when the test runner was started in the
+    # background (a shell starts background jobs with SIGINT ignored, and children inherit it)
     proc = subprocess.Popen([sys.executable, "-m", "sim.cli", "run", str(path), "--out",
-                             str(out)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+                             str(out)], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # off a terminal the run logs its progress: the first line says it is simulating, so the
     # signal lands mid-run however fast or slow the machine is
     first = proc.stderr.readline()
@@ -264,3 +268,19 @@ def test_token_budgets_hold_per_attention_rank():
     # cap 60 per rank: one decoding sequence on each leaves 59 prompt tokens
     p = slot().plan("chunked", 100, 60, ranks=2)
     assert list(p.take) == [59, 59, 0, 0]
+
+
+def test_a_ctrl_c_inside_a_compiled_kernel_is_still_a_ctrl_c():
+    """numba reports a KeyboardInterrupt raised in its call back into Python as a SystemError
+    caused by it: the CLI treats that as the Ctrl-C it is, and nothing else as one."""
+    from sim.cli import _interrupted
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as k:
+            raise SystemError("returned a result with an exception set") from k
+    except SystemError as e:
+        assert _interrupted(e)
+    assert not _interrupted(SystemError("a real one"))
+    assert _interrupted(KeyboardInterrupt())

@@ -124,8 +124,11 @@ def test_stopped_sweep_ends_its_workers_and_says_how_to_resume(sweep_scenario, t
     psutil = pytest.importorskip("psutil")
     folder = tmp_path / "sw"
     cmd = _sweep_cmd(sweep_scenario, folder, ["workload.duration_s=0.1,1e6"], "--workers", "2")
+    # as from a terminal: SIGINT at its default even when the test runner was started in the
+    # background (a shell starts background jobs with SIGINT ignored, and children inherit it)
     proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300   # a guard against a hang, not a timing assumption
         while not _finished_points(folder) and proc.poll() is None \

@@ -120,6 +120,11 @@ def _run_page(folder: Path) -> str:
              ("requests dropped", sm["requests_dropped"]),
              ("bubble fraction", sm["bubble_fraction"]),
              ("$ per million tokens", sm["cost_per_million_tokens"])]
+    money = sm.get("cost") or {}
+    if money:
+        cards += [("$ per hour", money.get("usd_per_hour")),
+                  ("IT power (kW)", money.get("power_kw")),
+                  ("output tokens/s per MW", money.get("output_tokens_per_s_per_mw"))]
     parts.append('<div class="cards">' + "".join(
         f'<div class="card">{html.escape(k)}<b>{_fmt(v)}</b></div>' for k, v in cards) + "</div>")
     parts.append(_load_section(sm))

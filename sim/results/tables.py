@@ -11,6 +11,7 @@ import pandas as pd
 from ..cluster.topology import TIER_NAMES
 from ..engine.simulation import EngineResult
 from ..spec.advice import layout_warnings
+from .cost import run_cost
 from .load import judge
 
 SECONDS_PER_HOUR = 3600.0
@@ -197,6 +198,12 @@ def summarise(res: EngineResult, req: pd.DataFrame, gpus: pd.DataFrame,
     # would otherwise look cheapest, its batches full)
     cost = (price * gpu_count / SECONDS_PER_HOUR / out_tps * 1e6
             if price is not None and out_tps > 0 and done.any() else None)
+    busy = ((gpus["compute_s"] + gpus["memory_s"] + gpus["network_s"]) / window).to_numpy() \
+        if window > 0 else np.zeros(len(gpus))
+    money = run_cost(s.hardware.cost, s.spec.site, price, s.racks, s.hardware.gpus_per_rack,
+                     gpu_count, busy, out_tps, bool(done.any()))
+    if cost is None and money is not None:   # priced by the hardware file and the site
+        cost = money["usd_per_million_output_tokens"]
     e2e = distribution(req.loc[measured, "e2e_s"])
     load = judge(req, (t0, t1), res.arrived_in_window, dropped, int(done.sum()), e2e["p50"])
     unfinished = in_flight & (req["arrival_s"] >= t0)
@@ -248,6 +255,8 @@ def summarise(res: EngineResult, req: pd.DataFrame, gpus: pd.DataFrame,
         "gpu_time_fraction": frac,
         "link_utilisation": link_util,
         "cost_per_million_tokens": cost,
+        # what the deployment costs (results/cost.py): per hour, per token, per megawatt
+        "cost": money,
         "kv_capacity_tokens_per_replica": (None if not np.isfinite(res.kv_capacity_tokens)
                                            else float(res.kv_capacity_tokens)),
         "bytes_by_collective": {k: v[1] for k, v in res.transfers.items()},

@@ -34,6 +34,7 @@ Bandwidth = _quantity("bandwidth", gt=0)
 Flops = _quantity("flops", gt=0)
 Seconds = _quantity("time", gt=0)
 SecondsOrZero = _quantity("time", ge=0)
+Power = _quantity("power", gt=0)
 PositiveNumber = _quantity("count", gt=0)
 NonNegativeNumber = _quantity("count", ge=0)
 PositiveInt = Annotated[int, Field(strict=True, gt=0)]

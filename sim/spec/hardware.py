@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from .base import Bandwidth, Bytes, Flops, Fraction, PositiveInt, SecondsOrZero, Spec
+from .cost import HardwareCost
 from .precision import PRECISION_ORDER, Precision
 
 
@@ -140,6 +141,10 @@ class Hardware(Spec):
     scale_up: ScaleUp
     scale_out: ScaleOut
     efficiency: Efficiency = Efficiency()
+    cost: HardwareCost | None = Field(
+        None, description="what a rack costs to buy and to power (capex_per_rack, "
+                          "power_per_rack, idle_power_fraction, amortisation_years); "
+                          "prices the design's runs (docs/cost.md)")
 
     @model_validator(mode="after")
     def _domain_divides_rack(self) -> Hardware:

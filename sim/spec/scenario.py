@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from .base import Fraction, NonNegativeInt, PositiveInt, PositiveNumber, Spec
+from .cost import Site
 from .engine_options import EngineOptions, HotRouting, MoEOptions
 from .errors import SpecError
 from .faults import Fault, check_faults
@@ -49,7 +50,12 @@ class ScenarioFile(Spec):
     workload: Workload
     batching: Batching
     price_per_gpu_hour: PositiveNumber | None = Field(
-        None, description="$ per GPU-hour; enables $ per million tokens")
+        None, description="$ per GPU-hour: prices the run at this rate instead of the hardware "
+                          "file's cost: and the site's (it overrides them)")
+    site: Site | None = Field(
+        None, description="electricity_per_kwh, pue, hosting_per_kw_month: where the racks "
+                          "run; with the hardware file's cost: it prices the run (default: "
+                          "an assumed site, reported as such)")
     kv_cache: KVCache = KVCache()
     slo: SLO | None = Field(
         None, description="latency targets (ttft_p99, tpot_p99, e2e_p99, ... as times): the "

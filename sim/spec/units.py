@@ -12,7 +12,7 @@ import re
 import sys
 from typing import Literal
 
-Kind = Literal["bytes", "bandwidth", "time", "flops", "count"]
+Kind = Literal["bytes", "bandwidth", "time", "flops", "count", "power"]
 
 _DECIMAL = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
 _BINARY = {"Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50}
@@ -27,6 +27,7 @@ EXAMPLES: dict[str, str] = {
     "time": '"20 ms", "5 us" or 0.02',
     "flops": '"2.5 PFLOP/s" or 2.5e15',
     "count": "a plain number such as 2048",
+    "power": '"132 kW", "700 W" or 132e3',
 }
 
 
@@ -48,6 +49,8 @@ def _scale(unit: str, kind: Kind) -> float | None:
         return _TIME.get(unit)
     if kind == "count":
         return _prefix(unit)
+    if kind == "power":
+        return _prefix(unit[:-1]) if unit.endswith("W") else None
     if kind == "flops":
         for suffix in ("FLOP/s", "FLOPS", "flop/s", "FLOP/S"):
             if unit.endswith(suffix):
