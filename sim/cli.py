@@ -455,6 +455,9 @@ def compare(
     as_json: Json_ = False,
     force: Annotated[bool, typer.Option(
         "--force", help="write into a --out folder holding other files, beside them")] = False,
+    site: Annotated[Optional[str], typer.Option(
+        help="where the racks run, overriding the scenario's site: e.g. "
+             "electricity_per_kwh=0.1,pue=1.2,hosting_per_kw_month=150")] = None,
 ):
     """Compare rack designs: the best layout per design that meets the SLO.
 
@@ -467,12 +470,16 @@ def compare(
     scenario_file(scenario)
     check_out(out_dir, "compare", force)
 
+    from .spec.cost import parse_site  # noqa: PLC0415
+
+    site_override = parse_site(site) if site is not None else None
     designs = [h.strip() for h in hardware.split(",") if h.strip()]
     targets = parse_slo(slo) if slo is not None else \
         (load_scenario(scenario).spec.slo or parse_slo(None))
     with err.status("comparing designs") as status:
         df = run_compare(scenario, designs, out_dir, slo=targets, budget_gpus=budget_gpus,
-                         shortlist=shortlist, confirm_s=confirm_s, progress=status.update)
+                         shortlist=shortlist, confirm_s=confirm_s, progress=status.update,
+                         site=site_override)
     if as_json:   # the best row per design, as compare.csv holds it; NaN as null
         typer.echo(df.to_json(orient="records"))
         return
@@ -485,7 +492,8 @@ def compare(
         for _, r in df.iterrows()])
     cols = {"design": "design", "gpus": "GPUs", "layout": "layout", "batch": "batch",
             "rate_per_s": "req/s", "tokens_per_s_per_gpu": "tok/s/GPU",
-            "cost_per_million_tokens": "$/Mtok", "tpot_p99_s": "TPOT p99",
+            "cost_per_million_tokens": "$/Mtok", "cost_rank": "cost rank",
+            "output_tokens_per_s_per_mw": "tok/s per MW", "tpot_p99_s": "TPOT p99",
             "ttft_p99_s": "TTFT p99", "meets_slo": "SLO met"}
     for c in cols.values():
         t.add_column(c)

@@ -159,11 +159,15 @@ def _layout_name(c: Candidate, batch: int) -> str:
 def compare(scenario: str | Path, designs: list[str], out: str | Path,
             slo: SLO | dict[str, float] | None = None, budget_gpus: int | None = None,
             shortlist: int = 3, confirm_s: float = 2.0,
-            progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+            progress: Callable[[str], None] | None = None,
+            site: dict | None = None) -> pd.DataFrame:
     """One row per design: its best layout at capacity, or why it has none. `progress`
-    receives a line per simulated probe."""
+    receives a line per simulated probe; `site` (a validated `site:` mapping) replaces the
+    scenario's."""
     scenario = Path(scenario)
     data = scenario_dict(scenario)
+    if site is not None:
+        data["site"] = site
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     slo = slo if isinstance(slo, SLO) else SLO(**(slo or {}))

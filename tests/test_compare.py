@@ -156,3 +156,24 @@ def test_compare_prices_each_design_by_its_own_file(tmp_path, swap):
     gap = df.loc[dear, "usd_per_hour"] - df.loc[cheap, "usd_per_hour"]
     racks = load(df.loc[cheap, "scenario"]).racks
     assert gap == pytest.approx(3e5 * racks / (4 * 24 * 365.25), rel=0.05)
+
+
+def test_site_option_prices_every_design_at_that_site(tmp_path):
+    """--site replaces the scenario's site: the same design at a site with dearer power
+    costs more per hour by exactly the energy difference the closed form gives."""
+    from sim.spec.cost import parse_site
+
+    scen, hw = _priced(tmp_path, [("toy-a", 1e5)])
+    runs = {}
+    for kwh in (0.0, 0.5):
+        site = parse_site(f"electricity_per_kwh={kwh},pue=1.5,hosting_per_kw_month=100")
+        df = compare(scen, hw, tmp_path / f"c{kwh}", slo={"tpot_p99": 0.2}, budget_gpus=8,
+                     shortlist=1, confirm_s=0.2, site=site)
+        runs[kwh] = df.iloc[0]
+    again = simulate(load(runs[0.5]["scenario"])).summary["cost"]
+    assert again["site"]["electricity_per_kwh"] == 0.5     # written into the scenario file
+    assert runs[0.5]["usd_per_hour"] > runs[0.0]["usd_per_hour"]
+    assert runs[0.5]["usd_per_hour"] - runs[0.0]["usd_per_hour"] == pytest.approx(
+        runs[0.5]["power_kw"] * 1.5 * 0.5, rel=0.05)
+    with pytest.raises(SpecError, match="--site"):
+        parse_site("pue=0.9,electricity_per_kwh=0.1,hosting_per_kw_month=1")

@@ -59,3 +59,29 @@ class Site(Spec):
 # Uptime Institute's annual survey puts the industry average near 1.5-1.6); hosting:
 # wholesale colocation per kW-month (assumption).
 DEFAULT_SITE = Site(electricity_per_kwh=0.08, pue=1.3, hosting_per_kw_month=150.0)
+
+
+def parse_site(text: str) -> dict:
+    """`--site electricity_per_kwh=0.1,pue=1.2,hosting_per_kw_month=150` as a validated
+    `site:` mapping; every key of Site must be given."""
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from .errors import SpecError  # noqa: PLC0415
+
+    fields = list(Site.model_fields)
+    out: dict = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or key not in fields:
+            raise SpecError(f"cannot read {part!r} as a site figure", file="command line",
+                            key="--site", fix=f"write key=value pairs of {', '.join(fields)}")
+        out[key] = value.strip()
+    try:
+        return Site(**out).model_dump()
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise SpecError(f"site figures {text!r}: {where}: {first['msg']}", file="command line",
+                        key="--site", fix=f"give each of {', '.join(fields)} a number "
+                                          "(pue at least 1)") from None
