@@ -174,12 +174,13 @@ def compare(scenario: str | Path, designs: list[str], out: str | Path,
     targets = slo.targets()
     rows, pareto, confirmed, priced = [], [], [], []
     learned = None   # capacity found / closed form, from the first layout that has one
-    w = scenario_from_dict(data, file=str(scenario), base_dir=scenario.parent).workload
+    s0 = scenario_from_dict(data, file=str(scenario), base_dir=scenario.parent)
+    w = s0.workload
     for hw_name in designs:
-        design = load_hardware(hw_name, file="--hardware", key="--hardware",
-                               base_dir=Path(".")).name
+        hw = load_hardware(hw_name, file="--hardware", key="--hardware", base_dir=Path("."))
+        design = hw.name
         cands = candidates(data, hw_name, budget_gpus, str(scenario), scenario.parent)
-        gpu_hour = _gpu_hour_price(data, hw_name, scenario)
+        gpu_hour = _gpu_hour_price(s0.spec, hw)
         for c in cands:
             pareto.append({"hardware": design, "tokens_per_s_per_gpu": c.tokens_per_s_per_gpu,
                            "tpot_floor_s": c.tpot_floor_s})
@@ -272,13 +273,9 @@ def compare(scenario: str | Path, designs: list[str], out: str | Path,
     return df
 
 
-def _gpu_hour_price(data: dict, hw_name: str, scenario: Path) -> float | None:
+def _gpu_hour_price(spec, hw) -> float | None:
     """$ per GPU-hour of a design at full load: the scenario's price_per_gpu_hour if it sets
     one (every design alike: the user said so), else the design's own cost: and the site."""
-    if data.get("price_per_gpu_hour") is not None:
-        return float(data["price_per_gpu_hour"])
-    hw = load_hardware(hw_name, file="--hardware", key="--hardware", base_dir=Path("."))
-    if hw.cost is None:
-        return None
-    site = scenario_from_dict(data, file=str(scenario), base_dir=scenario.parent).spec.site
-    return hw.cost.gpu_hour_price(site, hw.gpus_per_rack)
+    if spec.price_per_gpu_hour is not None:
+        return spec.price_per_gpu_hour
+    return hw.cost.gpu_hour_price(spec.site, hw.gpus_per_rack) if hw.cost else None

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .spec.cost import SECONDS_PER_HOUR
 from .spec.errors import SpecError
 from .spec.hardware import Hardware
 from .spec.layout import Layout, max_stage_fraction, memory_per_gpu
@@ -28,7 +29,6 @@ from .spec.model import Model
 from .spec.scenario import Scenario
 from .spec.workload import Closed, FixedInterval, Poisson
 
-SECONDS_PER_HOUR = 3600.0
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
+from ..engine.measured import SYSTEMS
 from ..spec import load_hardware
 from ..spec.hardware import GPU, KernelTiming, at_precision
 from ..spec.precision import BYTES_PER_ELEMENT
@@ -124,9 +125,9 @@ GENERATIONS = {"hopper": "h100_sxm", "blackwell": "b200_sxm"}
 # systems each generation's fit is checked on, at their own peaks
 CHECKS = {"hopper": {"h200_sxm": "leave one GPU out", "b200_sxm": "leave one generation out"},
           "blackwell": {"gb200": "leave one GPU out"}}
-# aiconfigurator system -> racksim hardware file whose peaks the engine uses
-PRESETS = {"h100_sxm": "hgx-h100", "h200_sxm": "hgx-h200", "b200_sxm": "hgx-b200",
-           "gb200": "gb200-nvl72", "gb300": "gb300-nvl72"}
+# aiconfigurator system -> racksim hardware file whose peaks the engine uses (the measured
+# back end's map, turned round)
+PRESETS = {system: preset for preset, system in SYSTEMS.items()}
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_DIR = REPO / "validation" / "kernels"

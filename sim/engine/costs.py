@@ -103,7 +103,7 @@ class LayerCosts:
                 sums = np.asarray(work, dtype=float).sum(axis=1, keepdims=True) / self.tp
                 work = StepWork(*sums)
             if self.measured is not None:
-                t, share = measured_timing.dense_time(work, k, self.measured)
+                t, share = measured_timing.dense_time(work, self.measured)
             else:
                 t, share = layer_time(work, k)
             if self.dense_sharded:
@@ -162,8 +162,7 @@ def layer_costs(model: Model, hardware: Hardware, layout: Layout, moe: MoEOption
         per_expert = 0.0
     dense_active = model.active_params - k * per_expert * n_moe
     dense_k = expert_k = None
-    measured = None
-    warnings: list[str] = []
+    measured, warnings = None, []
     if op_timing in PER_KERNEL:
         t = dense_share(layout)
         dk = kernels.dense_kernels(model, model.architecture, t)
@@ -178,16 +177,8 @@ def layer_costs(model: Model, hardware: Hardware, layout: Layout, moe: MoEOption
         ek = kernels.expert_kernels(model, model.architecture, layout.tensor_parallel)
         expert_k = kernels.table(ek, hardware, prec) if ek else None
         if op_timing == "measured":
-            why = measured_timing.uncovered(hardware)
-            if why is None:
-                measured = measured_timing.build(model, hardware, dk, ek,
-                                                 layout.expert_parallel,
-                                                 layout.tensor_parallel,
-                                                 measured_timing.data_root())
-                warnings += measured.warnings()
-            else:
-                warnings.append(f"engine.op_timing measured: {why}; the analytical kernel "
-                                "model times this run")
+            measured, warnings = measured_timing.for_layer(model, hardware, dk, dense_k, ek,
+                                                           layout)
     return LayerCosts(
         G=G, ep=layout.expert_parallel, tp=layout.tensor_parallel,
         flops=peak * eff.compute, attn_flops_rate=attn_peak * eff.attention_compute,

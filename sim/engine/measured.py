@@ -41,7 +41,8 @@ from ..spec.hardware import Hardware
 from ..spec.model import Model
 from . import kernels as kn
 
-# racksim hardware file -> aiconfigurator system
+# racksim hardware file -> aiconfigurator system (the one map; calibration.fit.PRESETS is it
+# turned round)
 SYSTEMS = {"hgx-h100": "h100_sxm", "hgx-h200": "h200_sxm", "hgx-b200": "b200_sxm",
            "gb200-nvl72": "gb200", "gb300-nvl72": "gb300"}
 # racksim weight precision -> table dtypes, in order of preference
@@ -60,14 +61,18 @@ class Curve:
     axes: tuple
     values: np.ndarray
 
+    def __post_init__(self):
+        self._grid = None
+        if len(self.axes) > 1:   # built once: a step calls it for every attention kernel
+            from scipy.interpolate import RegularGridInterpolator   # noqa: PLC0415
+            self._grid = RegularGridInterpolator(self.axes, self.values)
+
     def __call__(self, *x) -> np.ndarray:
         pts = [np.clip(np.log(np.maximum(np.asarray(v, float), 1e-9)), a[0], a[-1])
                for v, a in zip(x, self.axes)]
-        if len(self.axes) == 1:
+        if self._grid is None:
             return np.interp(pts[0], self.axes[0], self.values)
-        from scipy.interpolate import RegularGridInterpolator   # noqa: PLC0415
-        f = RegularGridInterpolator(self.axes, self.values)
-        return f(np.stack(np.broadcast_arrays(*pts), axis=-1))
+        return self._grid(np.stack(np.broadcast_arrays(*pts), axis=-1))
 
 
 def _grid_curve(keys: list[np.ndarray], corr: np.ndarray) -> Curve:
@@ -139,6 +144,7 @@ class MeasuredLayer:
 
     system: str
     dense: list = field(default_factory=list)
+    singles: list = field(default_factory=list)   # each dense kernel as a table of one
     experts: Curve | None = None
     tokens_per_copy: float = 1.0   # tokens entering the EP group per copy on a rank: EP / k
     fallback: list[str] = field(default_factory=list)
@@ -150,16 +156,16 @@ class MeasuredLayer:
                 f"{', '.join(self.fallback)}; their analytical time is used"]
 
 
-def build(model: Model, hardware: Hardware, dense: list[kn.Kernel],
+def build(model: Model, hardware: Hardware, dense: list[kn.Kernel], table: kn.KernelTable,
           experts: list[kn.Kernel], ep: int, tp: int, root: str | None = None
           ) -> MeasuredLayer:
-    """The corrections of a layer's kernels on `hardware` (SYSTEMS names it and `available`
-    holds)."""
+    """The corrections of a layer's kernels (`dense`, and `table`, their KernelTable) on
+    `hardware` (SYSTEMS names it and `available` holds)."""
     from ..calibration import fit   # noqa: PLC0415
     system = SYSTEMS[hardware.name]
     t = _tables(root, system)
     params, gpu = hardware.efficiency.kernels, hardware.gpu
-    out = MeasuredLayer(system=system)
+    out = MeasuredLayer(system=system, singles=[table.subset(i) for i in range(len(dense))])
     kv_dtype = KV_DTYPES.get(float(model.kv_bytes_per_element), "bfloat16")
     for k in dense:
         curve = None
@@ -246,6 +252,20 @@ def _moe_curve(df, model: Model, precision: str, ep: int, tp: int, params, gpu, 
     return None
 
 
+def for_layer(model: Model, hardware: Hardware, dense: list[kn.Kernel],
+              table: kn.KernelTable, experts: list[kn.Kernel], layout
+              ) -> tuple[MeasuredLayer | None, list[str]]:
+    """The layer's corrections when the data cover `hardware`, else None; and the warnings
+    that say what runs analytical instead."""
+    why = uncovered(hardware)
+    if why is not None:
+        return None, [f"engine.op_timing measured: {why}; the analytical kernel model times "
+                      "this run"]
+    layer = build(model, hardware, dense, table, experts, layout.expert_parallel,
+                  layout.tensor_parallel, data_root())
+    return layer, layer.warnings()
+
+
 def uncovered(hardware: Hardware) -> str | None:
     """None when the measured tables cover `hardware`, else why not (one clause)."""
     if hardware.name not in SYSTEMS:
@@ -256,16 +276,16 @@ def uncovered(hardware: Hardware) -> str | None:
     return available(data_root())
 
 
-def dense_time(work: kn.StepWork, table: kn.KernelTable, layer: MeasuredLayer):
+def dense_time(work: kn.StepWork, layer: MeasuredLayer):
     """The dense part's kernels on each GPU (as kernels.layer_time), each analytical time
     scaled by its measured correction at the step's shape: (time, compute-bound share)."""
     w = kn.StepWork(*(np.asarray(x, dtype=float) for x in work))
     total = np.zeros(len(w.tokens))
     comp = np.zeros(len(w.tokens))
-    for i, curve in enumerate(layer.dense):
-        t, share = kn.layer_time(w, table.subset(i))
+    for one, curve in zip(layer.singles, layer.dense):
+        t, share = kn.layer_time(w, one)
         if curve is not None:
-            c = int(table.cls[i])
+            c = int(one.cls[0])
             if c == kn.GEMM:
                 x = (w.tokens,)
             elif c in (kn.ATTENTION, kn.MLA_ATTENTION):

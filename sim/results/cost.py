@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..spec.cost import DEFAULT_SITE, HardwareCost, Site
-
-SECONDS_PER_HOUR = 3600.0
+from ..spec.cost import DEFAULT_SITE, SECONDS_PER_HOUR, HardwareCost, Site
 
 
 def power_kw(cost: HardwareCost, gpus_per_rack: int, busy: np.ndarray) -> float:

@@ -14,7 +14,6 @@ from ..spec.advice import layout_warnings
 from .cost import run_cost
 from .load import judge
 
-SECONDS_PER_HOUR = 3600.0
 STATUS = {0: "waiting", 1: "running", 2: "completed", 3: "dropped", 4: "failed"}
 GPU_CATEGORIES = ("compute", "memory", "network", "bubble", "idle")
 
@@ -193,17 +192,13 @@ def summarise(res: EngineResult, req: pd.DataFrame, gpus: pd.DataFrame,
             "saturated_fraction": float(tier_sat[t] / window)
             if window > 0 and t < len(tier_sat) else 0.0,
         }
-    price = s.spec.price_per_gpu_hour
-    # no completed request: nothing was served, so no price per token (an overloaded point
-    # would otherwise look cheapest, its batches full)
-    cost = (price * gpu_count / SECONDS_PER_HOUR / out_tps * 1e6
-            if price is not None and out_tps > 0 and done.any() else None)
     busy = ((gpus["compute_s"] + gpus["memory_s"] + gpus["network_s"]) / window).to_numpy() \
         if window > 0 else np.zeros(len(gpus))
-    money = run_cost(s.hardware.cost, s.spec.site, price, s.racks, s.hardware.gpus_per_rack,
-                     gpu_count, busy, out_tps, bool(done.any()))
-    if cost is None and money is not None:   # priced by the hardware file and the site
-        cost = money["usd_per_million_output_tokens"]
+    # priced by price_per_gpu_hour, else the hardware file's cost: and the site; no completed
+    # request, no price per token (an overloaded point would otherwise look cheapest)
+    money = run_cost(s.hardware.cost, s.spec.site, s.spec.price_per_gpu_hour, s.racks,
+                     s.hardware.gpus_per_rack, gpu_count, busy, out_tps, bool(done.any()))
+    cost = money["usd_per_million_output_tokens"] if money is not None else None
     e2e = distribution(req.loc[measured, "e2e_s"])
     load = judge(req, (t0, t1), res.arrived_in_window, dropped, int(done.sum()), e2e["p50"])
     unfinished = in_flight & (req["arrival_s"] >= t0)

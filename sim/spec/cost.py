@@ -11,6 +11,7 @@ from pydantic import Field
 from .base import NonNegativeNumber, PositiveNumber, Power, Spec
 
 ShareOfOne = Annotated[float, Field(ge=0, le=1)]
+SECONDS_PER_HOUR = 3600.0
 HOURS_PER_YEAR = 24 * 365.25
 HOURS_PER_MONTH = HOURS_PER_YEAR / 12
 
